@@ -1,0 +1,65 @@
+"""`paramgolf-data`: build, inspect and download challenge-format datasets."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from paramgolf.data.build import DEFAULT_SHARD_TOKENS, build_dataset
+from paramgolf.data.hub import DEFAULT_REPO_ID, download
+from paramgolf.data.shard_stats import inspect_shard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paramgolf-data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="train a tokenizer and write shards from a JSONL of documents")
+    b.add_argument("--docs", required=True, help='JSONL file, one {"text": ...} per line')
+    b.add_argument("--out", required=True, help="output directory for shards and tokenizer.model")
+    b.add_argument("--vocab-size", type=int, required=True)
+    b.add_argument("--val-docs", type=int, required=True, help="the first K documents form the validation split")
+    b.add_argument("--tokenizer", default=None, help="reuse this SentencePiece model instead of training one")
+    b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
+    b.add_argument("--tokenizer-train-docs", type=int, default=None, help="train the tokenizer on at most this many documents")
+
+    i = sub.add_parser("inspect", help="print token/byte statistics of one shard as JSON")
+    i.add_argument("shard")
+    i.add_argument("--tokenizer", required=True)
+
+    d = sub.add_parser("download", help="download challenge shards and tokenizer from the Hugging Face Hub")
+    d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, byte260, ...")
+    d.add_argument("--train-shards", type=int, default=10)
+    d.add_argument("--out", default="data")
+    d.add_argument("--repo-id", default=DEFAULT_REPO_ID)
+    d.add_argument("--with-docs", action="store_true", help="also fetch docs_selected.jsonl (for re-tokenizing)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            result = build_dataset(
+                args.docs,
+                args.out,
+                args.vocab_size,
+                args.val_docs,
+                args.tokenizer,
+                args.shard_tokens,
+                args.tokenizer_train_docs,
+            )
+        elif args.command == "inspect":
+            result = inspect_shard(args.shard, args.tokenizer)
+        else:
+            result = download(args.variant, args.train_shards, args.out, args.repo_id, args.with_docs)
+            result = {**result, "downloaded": len(result["downloaded"]), "skipped": len(result["skipped"])}
+    except ValueError as exc:
+        print(f"paramgolf-data {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""`paramgolf-eval RUN_DIR [overrides]`: rebuild the model from the run's artifact and evaluate it.
+
+Overrides of the `quant` group (e.g. `quant=int8_zstd`) re-quantize the run's kept
+full-precision weights first; `eval=sliding` etc. change the evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from paramgolf.config.compose import setup
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="paramgolf-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a run directory written by paramgolf-train")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=sliding quant=int8_zstd")
+    p.add_argument("--out", type=Path, default=None, help="where to write results.json (default RUN_DIR/evals/<time>)")
+    args = p.parse_args(argv)
+    setup()
+    from paramgolf.runner.reevaluate import reevaluate
+    try:
+        code = reevaluate(args.run_dir, args.overrides, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"paramgolf-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

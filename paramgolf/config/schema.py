@@ -1,0 +1,287 @@
+"""Structured-config schemas: one dataclass per option of every config group.
+
+Each YAML under conf/ names its schema first in its defaults list and `_self_` last, so a
+misspelt key, a wrong type or an unknown option fails when Hydra composes the config.
+Components are built by Hydra (`_target_`); a schema's fields mirror its target's
+keyword arguments (tests/config checks that they agree).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ---------------------------------------------------------------- arch (paramgolf.model)
+
+
+@dataclass
+class GQAAttentionConfig:
+    _target_: str = "paramgolf.model.attention.CausalSelfAttention"
+    _partial_: bool = True
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+
+
+@dataclass
+class ReluSquaredMLPConfig:
+    _target_: str = "paramgolf.model.mlp.ReluSquaredMLP"
+    _partial_: bool = True
+    mult: float = 2.0
+
+
+@dataclass
+class TokenEmbeddingConfig:
+    _target_: str = "paramgolf.model.embedding.TokenEmbedding"
+    _partial_: bool = True
+    init_std: float = 0.005
+
+
+@dataclass
+class GPTConfig:
+    _target_: str = "paramgolf.model.gpt.GPT"
+    attention: Any = MISSING
+    mlp: Any = MISSING
+    embedding: Any = MISSING
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    tie_embeddings: bool = True
+    logit_softcap: float = 30.0
+    unet_skips: bool = True
+
+
+# ---------------------------------------------------------------- optimizer (paramgolf.optim)
+
+
+@dataclass
+class ParamRuleConfig:
+    name: str = MISSING
+    optimizer: str = MISSING  # "muon" | "adam"
+    lr: float = MISSING
+    pattern: Optional[str] = None
+    ndim: Optional[int] = None
+    min_ndim: Optional[int] = None
+    max_ndim: Optional[int] = None
+    weight_decay: float = 0.0
+
+
+@dataclass
+class MuonAdamConfig:
+    _target_: str = "paramgolf.optim.builder.build_optimizer"
+    _partial_: bool = True
+    rules: list[ParamRuleConfig] = field(default_factory=list)
+    muon_momentum: float = 0.95
+    muon_backend_steps: int = 5
+    muon_nesterov: bool = True
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_ns_dtype: str = "auto"  # bf16 on CUDA (official), fp32 on CPU
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+
+
+# ---------------------------------------------------------------- quant (paramgolf.quant)
+
+
+@dataclass
+class Int8PerRowConfig:
+    _target_: str = "paramgolf.quant.int8.Int8PerRow"
+    clip_quantile: float = 0.9999984
+    keep_float_max_numel: int = 65536
+    keep_fp32_patterns: list[str] = field(default_factory=lambda: [
+        "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+        "q_gain", "skip_weight", "skip_weights"])
+    keep_float_dtype: str = "float16"
+    scale_dtype: str = "float16"
+
+
+@dataclass
+class ZlibConfig:
+    _target_: str = "paramgolf.quant.codecs.Zlib"
+    level: int = 9
+
+
+@dataclass
+class ZstdConfig:
+    _target_: str = "paramgolf.quant.codecs.Zstd"
+    level: int = 22
+
+
+@dataclass
+class LzmaConfig:
+    _target_: str = "paramgolf.quant.codecs.Lzma"
+    preset: int = 9
+    extreme: bool = True
+
+
+@dataclass
+class QuantConfig:
+    quantizer: Any = MISSING
+    codec: Any = MISSING
+
+
+# ---------------------------------------------------------------- ttt / eval_cache / eval
+
+
+@dataclass
+class NoTTTConfig:
+    """No test-time training: the artifact's weights score the validation set unchanged."""
+    method: str = "none"
+
+
+@dataclass
+class NoEvalCacheConfig:
+    """No evaluation-time cache: the model's softmax is the scored distribution."""
+    method: str = "none"
+
+
+@dataclass
+class EvalConfig:
+    method: str = "non_overlapping"  # or "sliding"
+    seq_len: Optional[int] = None  # None: train.seq_len
+    stride: int = 64  # sliding only
+    batch_tokens: int = 524_288  # tokens per forward batch over all ranks (official VAL_BATCH_SIZE)
+    pre_quant: bool = True  # also evaluate the averaged weights before quantization
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- data (paramgolf.data)
+
+
+@dataclass
+class FineWebDataConfig:
+    _target_: str = "paramgolf.data.dataset.FineWebData"
+    data_dir: str = "data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"
+    val_max_tokens: int = 0
+
+
+@dataclass
+class SyntheticDataConfig:
+    _target_: str = "paramgolf.data.dataset.SyntheticData"
+    seed: int = 0  # the data set's own seed (independent of the training seed)
+    vocab_size: int = 512
+    lexicon_size: int = 1000
+    train_docs: int = 12000
+    val_docs: int = 400
+    zipf_exponent: float = 1.1
+    num_successors: int = 4
+    successor_weight: float = 0.7
+    comma_prob: float = 0.08
+    period_prob: float = 0.15
+    min_sentence_words: int = 3
+    end_prob: float = 0.2
+    shard_tokens: int = 1_000_000
+    tokenizer_train_docs: int = 2000
+    val_max_tokens: int = 0
+    cache_dir: str = "~/.cache/paramgolf/synthetic"
+
+
+# ---------------------------------------------------------------- train (paramgolf.runner / optim)
+
+
+@dataclass
+class NoAveragingConfig:
+    _target_: str = "paramgolf.optim.averaging.NoAveraging"
+
+
+@dataclass
+class EMAConfig:
+    _target_: str = "paramgolf.optim.averaging.EMA"
+    decay: float = 0.997
+    every: int = 1
+    start_step: int = 0
+
+
+@dataclass
+class TrainConfig:
+    averaging: Any = MISSING
+    iterations: int = 20_000
+    batch_tokens: int = 524_288  # global tokens per optimizer step
+    seq_len: int = 1024
+    micro_batches: int = 8  # global micro-batches per step; each rank runs micro_batches / world_size
+    warmup_steps: int = 20  # compile warm-up steps, rolled back afterwards (not an LR warm-up)
+    warmdown_iters: int = 1200
+    max_wallclock_seconds: Optional[float] = 600.0  # None: stop by iterations only
+    val_every: int = 0  # periodic validation (0: only at the end)
+    log_every: int = 50
+    loader_seed: int = 0  # 0: the official shard order; other values permute shards (see data.loader)
+    nproc_per_node: int = 1  # >1: this process starts N workers with torch's elastic launcher
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (CUDA only) | "true" | "false"
+    autocast: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
+    bf16_embeddings: bool = True  # official: the embedding table itself is bf16 under autocast
+    collective_timeout_s: float = 300.0
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- logger (paramgolf.tracking)
+
+
+@dataclass
+class NullLoggerConfig:
+    _target_: str = "paramgolf.tracking.base.NullLogger"
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "paramgolf.tracking.wandb_logger.WandbLogger"
+    project: str = "paramgolf"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    init_timeout_s: float = 15.0
+    log_artifact: bool = True
+    tags: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- root
+
+
+@dataclass
+class Config:
+    arch: Any = MISSING
+    optimizer: Any = MISSING
+    quant: Any = MISSING
+    ttt: Any = MISSING
+    eval_cache: Any = MISSING
+    eval: Any = MISSING
+    data: Any = MISSING
+    train: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 1337
+    budget_bytes: int = 16_000_000
+    name: str = "run"  # candidate name: W&B group, run-name prefix
+    run_id: str = ""  # filled at start-up
+
+
+SCHEMAS: dict[str, list[tuple[str, type]]] = {
+    "": [("config_schema", Config)],
+    "arch": [("gpt_schema", GPTConfig)],
+    "arch/attention": [("gqa_schema", GQAAttentionConfig)],
+    "arch/mlp": [("relu2_schema", ReluSquaredMLPConfig)],
+    "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
+    "optimizer": [("muon_adam_schema", MuonAdamConfig)],
+    "quant": [("quant_schema", QuantConfig)],
+    "quant/quantizer": [("int8_row_schema", Int8PerRowConfig)],
+    "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig)],
+    "ttt": [("none_schema", NoTTTConfig)],
+    "eval_cache": [("none_schema", NoEvalCacheConfig)],
+    "eval": [("eval_schema", EvalConfig)],
+    "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
+    "train": [("train_schema", TrainConfig)],
+    "train/averaging": [("none_schema", NoAveragingConfig), ("ema_schema", EMAConfig)],
+    "logger": [("none_schema", NullLoggerConfig), ("wandb_schema", WandbLoggerConfig)],
+}
+
+
+def register_schemas(extra: dict[str, list[tuple[str, type]]] | None = None) -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, entries in {**SCHEMAS, **(extra or {})}.items():
+        for name, node in entries:
+            cs.store(group=group or None, name=name, node=node)

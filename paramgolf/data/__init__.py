@@ -1,0 +1,4 @@
+"""Data: shard format, tokenizers and byte accounting, builders, hub download, synthetic language, loaders.
+
+Modules: shards, tokenizer, byte_table, build, shard_stats, synthetic, loader, hub, dataset.
+"""

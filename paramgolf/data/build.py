@@ -1,0 +1,156 @@
+"""Build a challenge-format dataset (tokenizer + shards) from a JSONL file of documents.
+
+Layout follows the official export: the first K documents are the validation split,
+the rest the training split; every document is written as [BOS] + encode(text) with
+no EOS, and each split is cut into shards of at most ``shard_tokens`` tokens.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.shards import MAX_TOKEN_ID, ShardError, list_shards, read_shard, write_shard
+from paramgolf.data.tokenizer import file_sha256, load_tokenizer, train_sentencepiece
+
+DEFAULT_SHARD_TOKENS = 10**8  # the official export's shard size
+TOKENIZER_FILENAME = "tokenizer.model"
+
+
+def iter_docs(path: str | Path) -> Iterator[str]:
+    """The ``text`` field of each line of a JSONL file, streamed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"documents file not found: {path}")
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f'{path}:{lineno}: expected an object with a string "text" field')
+            yield record["text"]
+
+
+def _encoded(sp: spm.SentencePieceProcessor, texts: Iterable[str], batch: int = 1024) -> Iterator[list[int]]:
+    """Token ids of each text, encoded in batches (SentencePiece batches use several threads)."""
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, batch)):
+        yield from sp.encode(chunk, out_type=int)
+
+
+def export_split(
+    out_dir: Path,
+    split: str,
+    docs_tokens: Iterable[Sequence[int]],
+    bos_id: int,
+    shard_tokens: int,
+) -> dict[str, int]:
+    """Write [BOS]+tokens of each document to ``fineweb_{split}_NNNNNN.bin`` shards; return counts."""
+    if shard_tokens <= 0:
+        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+    buf = np.empty(shard_tokens, dtype=np.uint16)
+    stats = {"docs": 0, "tokens": 0, "files": 0}
+    fill = 0
+
+    def flush() -> None:
+        nonlocal fill
+        if fill:
+            write_shard(out_dir / f"fineweb_{split}_{stats['files']:06d}.bin", buf[:fill])
+            stats["files"] += 1
+            fill = 0
+
+    for toks in docs_tokens:
+        doc = np.concatenate([[bos_id], np.asarray(toks, dtype=np.int64)])
+        if doc.min() < 0 or doc.max() > MAX_TOKEN_ID:
+            bad = int(doc.min()) if doc.min() < 0 else int(doc.max())
+            raise ShardError(f"token id {bad} of a {split} document does not fit the uint16 shards")
+        stats["docs"] += 1
+        stats["tokens"] += len(doc)
+        pos = 0
+        while pos < len(doc):  # documents may straddle shard boundaries, like the official export
+            k = min(shard_tokens - fill, len(doc) - pos)
+            buf[fill : fill + k] = doc[pos : pos + k]
+            fill, pos = fill + k, pos + k
+            if fill == shard_tokens:
+                flush()
+    flush()
+    return stats
+
+
+def clear_shards(out_dir: Path) -> None:
+    """Remove old shards so that a rebuild never mixes with a previous one."""
+    for pattern in ("fineweb_train_*.bin", "fineweb_val_*.bin"):
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
+
+
+def build_dataset(
+    docs_path: str | Path,
+    out_dir: str | Path,
+    vocab_size: int,
+    val_docs: int,
+    tokenizer: str | Path | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    tokenizer_train_docs: int | None = None,
+) -> dict:
+    """Train (or reuse) a tokenizer on the training documents and write val/train shards.
+
+    The documents file is streamed, so it may be larger than memory; the tokenizer
+    trainer holds its input in memory, so ``tokenizer_train_docs`` can cap it.
+    Returns a JSON-able summary of what was written.
+    """
+    out_dir = Path(out_dir).expanduser()
+    num_docs = sum(1 for _ in iter_docs(docs_path))  # also checks every line before any work
+    if not 0 < val_docs < num_docs:
+        raise ValueError(
+            f"--val-docs={val_docs} must be between 1 and {num_docs - 1}: "
+            f"{docs_path} has {num_docs} documents and the rest are the training split"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / TOKENIZER_FILENAME
+    if tokenizer is None:
+        # Only training documents shape the tokenizer, so validation stays unseen.
+        stop = None if not tokenizer_train_docs else val_docs + tokenizer_train_docs
+        train_texts = itertools.islice(iter_docs(docs_path), val_docs, stop)
+        train_sentencepiece(train_texts, vocab_size, model_path.with_suffix(""))
+    else:
+        src = Path(tokenizer).expanduser()
+        load_tokenizer(src)  # fail early on a missing or unreadable model
+        if src.resolve() != model_path.resolve():
+            shutil.copyfile(src, model_path)
+    sp = load_tokenizer(model_path)
+    if int(sp.vocab_size()) != vocab_size:
+        hint = "the corpus is too small for that many pieces" if tokenizer is None else "pass the matching --vocab-size"
+        raise ValueError(
+            f"tokenizer {model_path} has vocab size {sp.vocab_size()}, but --vocab-size={vocab_size} ({hint})"
+        )
+
+    clear_shards(out_dir)
+    bos = int(sp.bos_id())
+    val_texts = itertools.islice(iter_docs(docs_path), val_docs)
+    val = export_split(out_dir, "val", _encoded(sp, val_texts), bos, shard_tokens)
+    train_texts = itertools.islice(iter_docs(docs_path), val_docs, None)
+    train = export_split(out_dir, "train", _encoded(sp, train_texts), bos, shard_tokens)
+    val_stream = np.concatenate([read_shard(f) for f in list_shards(out_dir, "val")])
+    return {
+        "out_dir": str(out_dir),
+        "tokenizer": str(model_path),
+        "tokenizer_sha256": file_sha256(model_path),
+        "vocab_size": int(sp.vocab_size()),
+        "shard_tokens": shard_tokens,
+        "docs_val": val["docs"],
+        "docs_train": train["docs"],
+        "tokens_val": val["tokens"],
+        "tokens_train": train["tokens"],
+        "files_val": val["files"],
+        "files_train": train["files"],
+        "bytes_val": build_byte_table(sp).count_stream(val_stream),
+    }

@@ -1,0 +1,37 @@
+"""Statistics of one shard under a tokenizer, with the val_bpb byte accounting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.shards import read_shard
+from paramgolf.data.tokenizer import load_tokenizer
+
+
+def inspect_shard(path: str | Path, tokenizer: str | Path) -> dict:
+    """Token, byte and document counts of a shard.
+
+    num_bytes sums the byte table over positions 1.. (target token i, previous token i-1):
+    exactly the denominator val_bpb uses for this token stream.
+    """
+    tokens = read_shard(path)
+    sp = load_tokenizer(tokenizer)
+    largest = int(tokens.max()) if tokens.size else -1
+    if largest >= sp.vocab_size():
+        raise ValueError(
+            f"{path} holds token id {largest} but {tokenizer} has only {sp.vocab_size()} pieces; "
+            "pass the tokenizer the shard was made with"
+        )
+    num_bytes = build_byte_table(sp).count_stream(tokens)
+    scored = max(int(tokens.size) - 1, 0)
+    return {
+        "path": str(path),
+        "tokenizer": str(tokenizer),
+        "vocab_size": int(sp.vocab_size()),
+        "num_tokens": int(tokens.size),
+        "num_scored_tokens": scored,
+        "num_bytes": num_bytes,
+        "bytes_per_token": num_bytes / scored if scored else 0.0,
+        "max_token_id": largest,
+        "num_docs": int((tokens == sp.bos_id()).sum()),
+    }

@@ -1,0 +1,219 @@
+"""OptimizerSet: one Muon and one AdamW fed by parameter rules, stepped as one optimizer.
+
+Hydra config (conf/optimizer): `_target_: paramgolf.optim.builder.build_optimizer`,
+`_partial_: true`; the runner calls `partial(model.named_parameters())`.
+
+Per training step the runner: all-reduces `grad_sync_params()` gradients (multi-process),
+`set_lr_scale(warmdown_lr_scale(...))`, `set_muon_momentum(momentum_at(step))`,
+`clip_grad_norm()`, `step()`, `zero_grad()`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from paramgolf.optim.groups import ParamRule, as_rule, assign_params, assignment_summary
+from paramgolf.optim.muon import Muon
+from paramgolf.optim.schedules import momentum_warmup
+
+class OptimizerSet:
+    """Muon for the `muon` rules and AdamW for the `adam` rules, one param group per rule.
+
+    Every group keeps its rule's lr as `base_lr`; `set_lr_scale` sets lr = base_lr * scale.
+    AdamW with weight_decay 0 is exactly Adam (the official baseline); a rule's weight_decay
+    is decoupled (p *= 1 - lr * wd) on both optimizers. Parameters with requires_grad=False are
+    left out. Rules that take nothing appear in `param_groups_summary()` with num_tensors 0.
+    """
+
+    def __init__(
+        self,
+        named_params: Iterable[tuple[str, Tensor]],
+        rules: Sequence[ParamRule | Mapping],
+        *,
+        muon_momentum: float = 0.95,
+        muon_backend_steps: int = 5,
+        muon_nesterov: bool = True,
+        muon_momentum_warmup_start: float = 0.85,
+        muon_momentum_warmup_steps: int = 500,
+        muon_ns_dtype: torch.dtype = torch.bfloat16,
+        adam_betas: Sequence[float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        grad_clip_norm: float = 0.0,
+        muon_class: type[Muon] = Muon,
+    ) -> None:
+        if len(adam_betas) != 2:
+            raise ValueError(f"optimizer.adam_betas must hold two numbers (beta1, beta2), got {list(adam_betas)}")
+        if grad_clip_norm < 0:
+            raise ValueError(f"optimizer.grad_clip_norm must be >= 0 (0 disables clipping), got {grad_clip_norm}")
+        self.rules = [as_rule(r) for r in rules]
+        trainable = [(n, p) for n, p in named_params if p.requires_grad]
+        assigned = assign_params(trainable, self.rules)
+        self._summary = assignment_summary(self.rules, assigned)
+        self.muon_momentum = muon_momentum
+        self.muon_momentum_warmup_start = muon_momentum_warmup_start
+        self.muon_momentum_warmup_steps = muon_momentum_warmup_steps
+        self.grad_clip_norm = grad_clip_norm
+        self.params: list[Tensor] = [p for members in assigned.values() for _, p in members]
+
+        def groups_for(optimizer: str) -> list[dict[str, Any]]:
+            return [
+                dict(
+                    params=[p for _, p in assigned[r.name]],
+                    lr=r.lr,
+                    base_lr=r.lr,
+                    weight_decay=r.weight_decay,
+                    name=r.name,
+                )
+                for r in self.rules
+                if r.optimizer == optimizer and assigned[r.name]
+            ]
+
+        muon_groups, adam_groups = groups_for("muon"), groups_for("adam")
+        self.muon: Muon | None = None
+        if muon_groups:
+            self.muon = muon_class(
+                muon_groups,
+                lr=muon_groups[0]["lr"],  # every group overrides it
+                momentum=muon_momentum,
+                backend_steps=muon_backend_steps,
+                nesterov=muon_nesterov,
+                ns_dtype=muon_ns_dtype,
+            )
+        self.adam: torch.optim.AdamW | None = None
+        if adam_groups:
+            on_cuda = all(p.is_cuda for g in adam_groups for p in g["params"])
+            self.adam = torch.optim.AdamW(
+                adam_groups,
+                lr=adam_groups[0]["lr"],
+                betas=(float(adam_betas[0]), float(adam_betas[1])),
+                eps=adam_eps,
+                weight_decay=0.0,
+                fused=True if on_cuda else None,
+            )
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The torch optimizers in stepping order (AdamW first, so Parallel Muon can overlap it)."""
+        return [opt for opt in (self.adam, self.muon) if opt is not None]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """lr = base_lr * scale for every group (the warm-down multiplier)."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+
+    def set_muon_momentum(self, momentum: float) -> None:
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                group["momentum"] = momentum
+
+    def momentum_at(self, step: int) -> float:
+        """Muon momentum at `step` under the configured linear warm-up."""
+        return momentum_warmup(
+            step, self.muon_momentum_warmup_start, self.muon_momentum, self.muon_momentum_warmup_steps
+        )
+
+    def clip_grad_norm(self, max_norm: float | None = None) -> Tensor | None:
+        """Clip the global grad norm of all parameters to max_norm (default: grad_clip_norm).
+
+        Returns the norm before clipping, or None when clipping is off (max_norm 0).
+        """
+        max_norm = self.grad_clip_norm if max_norm is None else max_norm
+        if max_norm <= 0:
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+
+    def grad_sync_params(self) -> list[Tensor]:
+        """Parameters whose gradients the runner must average across ranks before step()."""
+        return [
+            p
+            for opt in self.optimizers
+            if not getattr(opt, "syncs_own_grads", False)
+            for group in opt.param_groups
+            for p in group["params"]
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimizers' state dicts. Like torch's, they hold live tensors: deepcopy to snapshot."""
+        return {
+            "muon": None if self.muon is None else self.muon.state_dict(),
+            "adam": None if self.adam is None else self.adam.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, opt in (("muon", self.muon), ("adam", self.adam)):
+            if key not in state:
+                raise ValueError(f"optimizer state dict has no {key!r} entry; keys: {sorted(state)}")
+            if (state[key] is None) != (opt is None):
+                raise ValueError(
+                    f"optimizer state dict {key!r} does not fit this OptimizerSet "
+                    f"({'no' if opt is None else 'a'} {key} optimizer here); was it saved with other rules?"
+                )
+            if opt is not None:
+                opt.load_state_dict(state[key])
+
+    def param_groups_summary(self) -> list[dict]:
+        """One row per rule: name, optimizer, lr (current), base_lr, weight_decay, num_params, num_tensors."""
+        current_lr = {
+            group["name"]: group["lr"] for opt in self.optimizers for group in opt.param_groups
+        }
+        return [
+            {**row, "base_lr": row["lr"], "lr": current_lr.get(row["name"], row["lr"])}
+            for row in self._summary
+        ]
+
+
+def build_optimizer(
+    model_named_params: Iterable[tuple[str, Tensor]],
+    *,
+    rules: list[dict],
+    muon_momentum: float = 0.95,
+    muon_backend_steps: int = 5,
+    muon_nesterov: bool = True,
+    muon_momentum_warmup_start: float = 0.85,
+    muon_momentum_warmup_steps: int = 500,
+    muon_ns_dtype: str = "auto",
+    adam_betas: tuple[float, float] = (0.9, 0.95),
+    adam_eps: float = 1e-8,
+    grad_clip_norm: float = 0.0,
+) -> OptimizerSet:
+    """Hydra factory for OptimizerSet; defaults are the official baseline's hyperparameters.
+
+    `muon_ns_dtype`: "auto" runs Newton–Schulz in bf16 on CUDA (official) and in fp32 on CPU,
+    where bf16 matmuls are emulated and several times slower; or "bfloat16" / "float32".
+    """
+    named = list(model_named_params)
+    return OptimizerSet(
+        named,
+        list(rules),
+        muon_ns_dtype=_ns_dtype(muon_ns_dtype, named),
+        muon_momentum=muon_momentum,
+        muon_backend_steps=muon_backend_steps,
+        muon_nesterov=muon_nesterov,
+        muon_momentum_warmup_start=muon_momentum_warmup_start,
+        muon_momentum_warmup_steps=muon_momentum_warmup_steps,
+        adam_betas=tuple(adam_betas),
+        adam_eps=adam_eps,
+        grad_clip_norm=grad_clip_norm,
+    )
+
+
+def _ns_dtype(spec: str, named: list[tuple[str, Tensor]]) -> torch.dtype:
+    if spec == "auto":
+        on_cuda = any(p.is_cuda for _, p in named)
+        return torch.bfloat16 if on_cuda else torch.float32
+    dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+    if spec not in dtypes:
+        raise ValueError(f"optimizer.muon_ns_dtype={spec!r} is not one of auto, bfloat16, float32")
+    return dtypes[spec]

@@ -1,0 +1,152 @@
+"""Muon: momentum SGD whose update matrix is orthogonalised by a Newton–Schulz iteration.
+
+The optimizer of the official naive baseline (borrowed there from modded-nanogpt; background:
+https://kellerjordan.github.io/posts/muon/). Gradients must already be averaged across ranks
+when `step()` runs; under torch.distributed the orthogonalisation work is shared out
+(parameter i on rank i % world_size) and the updates are summed back with one all-reduce.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+# Quintic coefficients of the official baseline: chosen to push every singular value of a
+# normalised matrix towards ~1 as fast as possible, not to converge exactly.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def zeropower_via_newtonschulz5(
+    G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
+) -> Tensor:
+    """Approximate U V^T of G = U S V^T (the nearest semi-orthogonal matrix) in `dtype`.
+
+    G is one matrix [rows, cols] or a batch [..., rows, cols] (each matrix treated alone, as
+    parameter banks need). Singular values of the result land roughly in [0.7, 1.2], not at 1.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"Newton–Schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    X = G.to(dtype)
+    # Iterate on the wide orientation so X @ X^T is the smaller Gram matrix.
+    transposed = G.size(-2) > G.size(-1)
+    if transposed:
+        X = X.mT
+    # Frobenius normalisation puts every singular value in [0, 1], inside NS's basin.
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + (c * A) @ A
+        X = a * X + B @ X
+    return X.mT if transposed else X
+
+
+def muon_shape_scale(p: Tensor) -> float:
+    """sqrt(max(1, rows / cols)): keeps the update's RMS comparable for tall matrices."""
+    return max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum whose update is orthogonalised, then scaled by sqrt(max(1, rows/cols)).
+
+    Per step and parameter: buf = momentum * buf + g; u = g + momentum * buf (Nesterov) or buf;
+    u = NS5(u) * sqrt(max(1, rows/cols)); p *= 1 - lr * weight_decay; p -= lr * u.
+    Every group may set its own lr, momentum, backend_steps, nesterov, weight_decay, ns_dtype.
+
+    `orthogonalize` is the Newton–Schulz function used by `step()`; a runner may replace it by a
+    compiled copy (`muon.orthogonalize = torch.compile(zeropower_via_newtonschulz5)`).
+    """
+
+    # The runner all-reduces gradients of this optimizer's parameters before step(). An
+    # optimizer that synchronises its own gradients (Parallel Muon) sets this to True.
+    syncs_own_grads: bool = False
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.95,
+        backend_steps: int = 5,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"Muon: lr must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        if backend_steps < 1:
+            raise ValueError(f"Muon: backend_steps must be >= 1, got {backend_steps}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            backend_steps=backend_steps,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            ns_dtype=ns_dtype,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(
+                        f"Muon only updates matrices (ndim >= 2); got a parameter of shape "
+                        f"{tuple(p.shape)}. Route it to Adam with a parameter rule."
+                    )
+        self.orthogonalize: Callable[..., Tensor] = zeropower_via_newtonschulz5
+
+    def _update_for(self, p: Tensor, group: dict[str, Any]) -> Tensor:
+        """Advance p's momentum buffer and return its orthogonalised, shape-scaled update."""
+        g = p.grad
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(g)
+        buf = state["momentum_buffer"]
+        momentum = group["momentum"]
+        buf.mul_(momentum).add_(g)
+        u = g.add(buf, alpha=momentum) if group["nesterov"] else buf
+        u = self.orthogonalize(u, steps=group["backend_steps"], dtype=group["ns_dtype"])
+        return u * muon_shape_scale(p)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        distributed = dist.is_available() and dist.is_initialized()
+        world_size = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+
+        for group in self.param_groups:
+            params: list[Tensor] = group["params"]
+            if not params:
+                continue
+            # One flat buffer per group: each rank fills the slices it owns and zeros elsewhere,
+            # so a SUM all-reduce hands every rank every update. One process takes the same
+            # path (and the same rounding to ns_dtype) so results match across world sizes.
+            updates = torch.zeros(
+                sum(p.numel() for p in params), device=params[0].device, dtype=group["ns_dtype"]
+            )
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world_size == rank and p.grad is not None:
+                    updates[offset : offset + p.numel()] = self._update_for(p, group).reshape(-1)
+                offset += p.numel()
+
+            if distributed:
+                dist.all_reduce(updates, op=dist.ReduceOp.SUM)
+
+            lr, wd = group["lr"], group["weight_decay"]
+            offset = 0
+            for p in params:
+                if wd != 0.0:
+                    p.mul_(1.0 - lr * wd)  # decoupled weight decay, before the update
+                p.add_(updates[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
+                offset += p.numel()
+
+        return loss

@@ -1,0 +1,200 @@
+"""Artifact size before training: quantize and compress surrogate *trained* weights.
+
+Zero- or freshly-initialised weights compress far better than trained ones, so
+the estimate draws weights that look trained and runs the real quantizer,
+`pack_artifact` and codec on them:
+
+- matrices (float, >= 2 dims, not control tensors): each row (last dim) is i.i.d.
+  Student-t with `tail_dof` degrees of freedom, scaled to unit variance, times a
+  row RMS `matrix_rms * exp(row_rms_spread * N(0, 1))`. Per-row int8 spends its
+  levels between -max and +max of a row, so the row max / std ratio, which grows
+  with the row length and the tail weight, sets the entropy of the codes.
+- vectors and control tensors (gains, scales, mixes): N(1, 0.25^2), like trained
+  gains that start at 1; only their mantissa noise matters to the codec.
+- non-float tensors: their real values when a state dict is given, else zeros.
+
+Calibration: the official naive baseline (17,059,912 parameters, 13,780 steps)
+published an int8+zlib model of 15,815,847 bytes in its torch.save container,
+which costs 10.8 kB more than this package's artifact for the same weights.
+With Int8PerRow + Zlib(9) on the baseline's state-dict shapes and seed 0, the
+official container of the surrogate weighs 15,882,251 bytes (+0.42%) for
+Gaussian rows, 15,829,227 (+0.09%) for tail_dof = 100, 15,815,331 (-0.003%)
+for tail_dof = 80 and 15,791,089 (-0.16%) for 60; our artifact estimate for 30
+is -0.9% and for 10 is -4.0%. The default tail_dof = 80 (our artifact:
+15,804,486 bytes, -0.07% of the published figure) says the baseline's rows are
+Gaussian with only slightly heavy tails (excess kurtosis 6 / (80 - 4) = 0.08).
+
+matrix_rms = 1.0 puts every row max above 1, where the int8 scale floor 1/127
+never binds: the regime the published figure implies (7.4 bits per weight is
+out of reach once the floor binds). Runs whose trained rows stay below 1 (weight
+decay, short training) compress better; pass their expected trained RMS. For
+the baseline shapes: 0.5 -> 15.80 MB, 0.3 -> 15.55 MB, 0.2 -> 14.59 MB,
+0.1 -> 12.69 MB, 0.05 -> 11.20 MB.
+
+`row_fraction` < 1 compresses only that fraction of every large tensor's rows,
+and half of it, and extrapolates the compressed size linearly to all rows
+(fixed overheads cancel). On the baseline, 0.25 differs from the exact size by
++0.002% for zlib 9, +0.06% for zstd 22 and -0.007% for lzma, and compresses
+3/8 of the bytes.
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from paramgolf.quant.artifact import build_payload, frame_payload
+from paramgolf.quant.codecs import Codec
+from paramgolf.quant.int8 import CONTROL_TENSOR_PATTERNS
+from paramgolf.quant.schemes import QuantizedTensor, Quantizer, dtype_from_name
+
+TensorSpec = tuple[tuple[int, ...], torch.dtype]
+_MIN_SAMPLED_ROWS = 64  # tensors with fewer rows are always compressed whole
+
+
+@dataclass
+class EstimateResult:
+    """Estimated artifact size and how each tensor would be stored."""
+
+    model_bytes: int
+    per_tensor: dict[str, dict[str, int | str]]
+    num_params: int
+    stored_bytes: int  # the quantized parts before compression
+    row_fraction: float
+    seconds: float
+    settings: dict[str, float] = field(default_factory=dict)
+
+
+def _spec(name: str, value) -> tuple[TensorSpec, Tensor | None]:
+    if isinstance(value, Tensor):
+        return (tuple(value.shape), value.dtype), value
+    try:
+        shape, dtype = value
+        dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype {dtype!r}")
+        return (tuple(int(d) for d in shape), dtype), None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"tensor {name!r}: expected a Tensor or (shape, dtype), got {value!r} ({e})") from e
+
+
+def _is_control(name: str) -> bool:
+    return any(p in name for p in CONTROL_TENSOR_PATTERNS)
+
+
+def surrogate_tensor(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    seed: int,
+    tail_dof: float,
+    matrix_rms: float,
+    row_rms_spread: float,
+) -> Tensor:
+    """Trained-looking values for one float tensor (see module docstring)."""
+    # Seeded by name, so each tensor's draw does not depend on the others.
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    numel = math.prod(shape)
+    if len(shape) < 2 or _is_control(name) or numel == 0:
+        values = 1.0 + 0.25 * rng.standard_normal(numel, dtype=np.float32)
+        return torch.from_numpy(values).reshape(shape).to(dtype)
+    cols = shape[-1]
+    rows = numel // cols
+    x = rng.standard_normal((rows, cols), dtype=np.float32)
+    if math.isfinite(tail_dof):
+        # Student-t = normal / sqrt(chi2 / dof); sqrt((dof - 2) / dof) makes the variance 1.
+        chi2 = 2.0 * rng.standard_gamma(tail_dof / 2.0, size=(rows, cols), dtype=np.float32)
+        x *= np.sqrt((tail_dof - 2.0) / chi2, dtype=np.float32)
+    row_rms = matrix_rms * np.exp(row_rms_spread * rng.standard_normal((rows, 1), dtype=np.float32))
+    x *= row_rms.astype(np.float32)
+    return torch.from_numpy(x).reshape(shape).to(dtype)
+
+
+def surrogate_state_dict(
+    state_dict_shapes: Mapping,
+    seed: int = 0,
+    tail_dof: float = 80.0,
+    matrix_rms: float = 1.0,
+    row_rms_spread: float = 0.2,
+) -> dict[str, Tensor]:
+    """A state dict of surrogate trained weights with the given names, shapes and dtypes."""
+    out = {}
+    for name, value in state_dict_shapes.items():
+        (shape, dtype), real = _spec(name, value)
+        if dtype.is_floating_point:
+            out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, matrix_rms, row_rms_spread)
+        else:
+            out[name] = real.detach().cpu() if real is not None else torch.zeros(shape, dtype=dtype)
+    return out
+
+
+def _sliced(qstate: dict[str, QuantizedTensor], fraction: float) -> dict[str, QuantizedTensor]:
+    """Keep `fraction` of the leading rows of every part aligned with a large tensor's rows."""
+    out = {}
+    for name, qt in qstate.items():
+        rows = qt.shape[0] if qt.shape else 0
+        if rows < _MIN_SAMPLED_ROWS:
+            out[name] = qt
+            continue
+        keep = max(1, round(rows * fraction))
+        parts = {k: (v[:keep] if v.dim() >= 1 and v.shape[0] == rows else v) for k, v in qt.tensors.items()}
+        out[name] = QuantizedTensor(qt.scheme, qt.shape, qt.dtype, parts, qt.meta)
+    return out
+
+
+def _artifact_size(qstate: dict[str, QuantizedTensor], arch_config: dict, codec: Codec) -> int:
+    return len(frame_payload(codec.compress(build_payload(qstate, arch_config)), codec.name))
+
+
+def estimate_model_bytes(
+    state_dict_shapes: Mapping,
+    quantizer: Quantizer,
+    codec: Codec,
+    arch_config: dict,
+    seed: int = 0,
+    tail_dof: float = 80.0,
+    matrix_rms: float = 1.0,
+    row_rms_spread: float = 0.2,
+    row_fraction: float = 0.25,
+) -> EstimateResult:
+    """Artifact bytes that weights of these shapes will take once trained, quantized and compressed.
+
+    `state_dict_shapes` maps names to tensors (e.g. a fresh model's state_dict;
+    only shapes, dtypes and non-float values are used) or to (shape, dtype).
+    """
+    if not (tail_dof > 2.0):
+        raise ValueError(f"tail_dof must be > 2 (finite variance), got {tail_dof}")
+    if not 0.0 < row_fraction <= 1.0:
+        raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
+    if matrix_rms <= 0 or row_rms_spread < 0:
+        raise ValueError(f"matrix_rms must be > 0 and row_rms_spread >= 0, got {matrix_rms}, {row_rms_spread}")
+    start = time.perf_counter()
+    weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread)
+    qstate = quantizer.quantize(weights)
+    del weights
+    if row_fraction >= 1.0:
+        size = _artifact_size(qstate, arch_config, codec)
+    else:
+        # S(x) = C + x * M for fraction x of the rows: two sizes give C and M, and S(1).
+        s_full = _artifact_size(_sliced(qstate, row_fraction), arch_config, codec)
+        s_half = _artifact_size(_sliced(qstate, row_fraction / 2), arch_config, codec)
+        per_fraction = (s_full - s_half) / (row_fraction / 2)
+        size = round(s_full + (1.0 - row_fraction) * per_fraction)
+    per_tensor = {
+        name: {"scheme": qt.scheme, "numel": qt.numel, "stored_bytes": qt.stored_bytes} for name, qt in qstate.items()
+    }
+    return EstimateResult(
+        model_bytes=int(size),
+        per_tensor=per_tensor,
+        num_params=sum(qt.numel for qt in qstate.values()),
+        stored_bytes=sum(qt.stored_bytes for qt in qstate.values()),
+        row_fraction=row_fraction,
+        seconds=time.perf_counter() - start,
+        settings={"seed": seed, "tail_dof": tail_dof, "matrix_rms": matrix_rms, "row_rms_spread": row_rms_spread},
+    )

@@ -1,0 +1,108 @@
+"""Building the configured model and the pieces around it, in one place for train/eval/budget."""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+# Modules that evaluate a rebuilt model; counted in code_bytes with the model's own modules.
+EVAL_MODULES = (
+    "paramgolf.evaluation.bpb",
+    "paramgolf.evaluation.sliding",
+    "paramgolf.data.byte_table",
+    "paramgolf.quant.artifact",
+)
+
+# Parameter families for reporting (first match wins).
+PARAM_FAMILIES = (
+    ("embeddings", re.compile(r"(^|\.)(tok_emb|lm_head|bigram|value_emb|ve_)")),
+    ("attention", re.compile(r"\.attn\.")),
+    ("mlp", re.compile(r"\.mlp\.")),
+)
+
+
+def _check_targets(node: Any, path: str = "arch") -> None:
+    """Only paramgolf.model callables may be named by an architecture config (artifact safety)."""
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith("paramgolf.model."):
+            raise ValueError(f"{path}._target_={target!r}: architectures may only use paramgolf.model.* classes")
+        for k, v in node.items():
+            _check_targets(v, f"{path}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _check_targets(v, f"{path}[{i}]")
+
+
+def build_model(arch: Mapping[str, Any]) -> nn.Module:
+    """Instantiate the model described by a resolved `arch` config (a plain dict or DictConfig)."""
+    from omegaconf import DictConfig, OmegaConf
+    if isinstance(arch, DictConfig):
+        arch = OmegaConf.to_container(arch, resolve=True)
+    _check_targets(arch)
+    return instantiate_unwrapped(arch)
+
+
+def instantiate_unwrapped(node: Any, *args: Any) -> Any:
+    """hydra.utils.instantiate, re-raising a component's own ValueError (its message names the key)."""
+    from hydra.errors import InstantiationException
+    try:
+        return instantiate(node, *args, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ValueError):
+            raise cause from exc
+        raise
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    counts = {"params": 0, "embeddings": 0, "attention": 0, "mlp": 0, "other": 0}
+    for name, p in model.named_parameters():
+        counts["params"] += p.numel()
+        family = next((fam for fam, rx in PARAM_FAMILIES if rx.search(name)), "other")
+        counts[family] += p.numel()
+    return counts
+
+
+def code_roots(cfg_container: Mapping[str, Any]) -> list[str]:
+    """Modules whose import closure is the code needed to build and evaluate the model."""
+    from paramgolf.quant.accounting import roots_from_config
+    roots = set(roots_from_config({"arch": cfg_container["arch"], "quant": cfg_container["quant"]}))
+    roots.update(EVAL_MODULES)
+    return sorted(roots)
+
+
+def resolve_autocast(spec: str, device: torch.device) -> torch.dtype | None:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if spec == "bf16":
+        return torch.bfloat16
+    if spec == "none":
+        return None
+    raise ValueError(f"train.autocast={spec!r} is not one of auto, bf16, none")
+
+
+def resolve_compile(spec: str, device: torch.device) -> bool:
+    spec = str(spec).lower()
+    if spec == "auto":
+        return device.type == "cuda"
+    if spec in ("true", "1", "yes"):
+        return True
+    if spec in ("false", "0", "no"):
+        return False
+    raise ValueError(f"train.compile={spec!r} is not one of auto, true, false")
+
+
+def prepare_for_device(model: nn.Module, device: torch.device, bf16_embeddings: bool) -> nn.Module:
+    """Move to the device; under bf16 training the embedding table is bf16 like the official."""
+    model = model.to(device)
+    if bf16_embeddings and device.type == "cuda":
+        for m in model.modules():
+            if isinstance(m, nn.Embedding):
+                m.to(torch.bfloat16)
+    return model

@@ -1,0 +1,112 @@
+"""Process-group set-up and the explicit collectives of the train loop."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(spec: str, local_rank: int) -> torch.device:
+    """`auto` → CUDA when available, else CPU; `cuda` without a GPU is an error."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if spec == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"train.device={spec!r} is not one of auto, cpu, cuda")
+
+
+def init_distributed(rank: int, world_size: int, device_spec: str, timeout_s: float) -> DistEnv:
+    """Join the process group that torchrun / the elastic launcher described in the environment.
+
+    NCCL on GPUs, gloo on CPUs; every collective times out after `timeout_s` so a hung rank
+    fails instead of blocking forever.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = pick_device(device_spec, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistEnv(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        try:
+            dist.barrier()  # gloo can abort if a peer tears down while another still talks
+        finally:
+            dist.destroy_process_group()
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average gradients over ranks with one flat all-reduce per dtype (explicit, not DDP)."""
+    if world_size <= 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world_size)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+def all_reduce_scalar(value: float, device: torch.device, op: str = "sum") -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return float(t.item())
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Make every rank start from rank 0's initial weights."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

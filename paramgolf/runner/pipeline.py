@@ -1,0 +1,278 @@
+"""One run: data → model → train → average → quantize → compress → round trip → evaluate → results.
+
+`run(cfg, run_dir, rank, world_size)` is the single, launcher-agnostic entry: torchrun, the
+in-process elastic launcher and a plain single process all call it on every rank.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from paramgolf.config.compose import to_container
+from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.dataset import check_vocab
+from paramgolf.data.loader import DistributedTokenLoader
+from paramgolf.data.tokenizer import file_sha256, files_sha256, load_tokenizer
+from paramgolf.evaluation import compliance
+from paramgolf.evaluation.sliding import evaluate
+from paramgolf.quant.accounting import code_bytes as measure_code_bytes
+from paramgolf.quant.artifact import read_artifact, save_weights, write_artifact
+from paramgolf.runner import distributed as D
+from paramgolf.runner.build import (build_model, code_roots, count_params, prepare_for_device,
+                                    resolve_autocast, resolve_compile)
+from paramgolf.runner.results import ResultsRecorder, git_commit
+from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer
+from paramgolf.tracking.base import NullLogger
+from paramgolf.tracking.jsonl import MetricsJSONL
+from paramgolf.tracking.progress import TrainProgress, format_summary
+
+log = logging.getLogger("paramgolf")
+
+ARTIFACT_FILE = "model.pgart"
+WEIGHTS_FILE = "weights.safetensors"
+EXIT_OVER_BUDGET = 3
+
+
+class OverBudget(Exception):
+    pass
+
+
+class _AveragingHook:
+    def __init__(self, averaging, model):
+        self.averaging, self.model = averaging, model
+
+    def on_step_start(self, step, elapsed_s, lr_scale):
+        pass
+
+    def on_step_end(self, info: StepInfo):
+        self.averaging.update(self.model, info.step)
+
+
+def _say(env: D.DistEnv, msg: str, logfile: Path | None) -> None:
+    if not env.is_main:
+        return
+    print(msg, file=sys.stderr, flush=True)
+    if logfile is not None:
+        with open(logfile, "a") as f:
+            f.write(msg + "\n")
+
+
+def eval_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    e = cfg["eval"]
+    seq_len = e["seq_len"] or cfg["train"]["seq_len"]
+    return {"method": e["method"], "seq_len": seq_len, "stride": e["stride"], "batch_tokens": e["batch_tokens"]}
+
+
+def run_evaluation(model, val_tokens, byte_table, cfg: Mapping[str, Any], env: D.DistEnv,
+                   autocast_dtype, progress: bool):
+    es = eval_settings(cfg)
+    batch_seqs = max(1, es["batch_tokens"] // (env.world_size * es["seq_len"]))
+    return evaluate(model, val_tokens, byte_table, method=es["method"], seq_len=es["seq_len"],
+                    stride=es["stride"], batch_seqs=batch_seqs, device=env.device, rank=env.rank,
+                    world_size=env.world_size, autocast_dtype=autocast_dtype,
+                    progress=progress and env.is_main)
+
+
+def rebuild_from_artifact(path: Path, device: torch.device):
+    """The scored model: built from the artifact file alone (architecture + weights)."""
+    art = read_artifact(path)
+    model = build_model(art.arch_config)
+    model.load_state_dict(art.state_dict, strict=True)
+    return model.to(device), art
+
+
+def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_size: int) -> int:
+    """Run the whole pipeline on this rank; returns the process exit code (0, or 3 over budget)."""
+    c = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    run_dir = Path(run_dir)
+    env = D.init_distributed(rank, world_size, c["train"]["device"], c["train"]["collective_timeout_s"])
+    main = env.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    logfile = run_dir / "train.log" if main else None
+    say = lambda m: _say(env, m, logfile)  # noqa: E731
+    rec = ResultsRecorder(run_dir, enabled=main)
+    rec.update(name=c["name"], seed=c["seed"], budget_bytes=c["budget_bytes"], run_dir=str(run_dir),
+               git_commit=git_commit(), world_size=world_size, device=str(env.device),
+               torch_version=torch.__version__, python=platform.python_version(), config=c)
+    logger = NullLogger()
+    stage = "setup"
+    try:
+        if main:
+            logger = instantiate(c["logger"])
+            logger.start(run_dir=run_dir, config=c, run_name=f"{c['name']}-s{c['seed']}", group=c["name"],
+                         job_type="train", tags=[])
+        metrics = MetricsJSONL(run_dir / "metrics.jsonl") if main else None
+
+        def log_metrics(values: dict[str, float], step: int) -> None:
+            if main:
+                metrics.log(values, step)
+                logger.log(values, step)
+
+        # ---------------------------------------------------------------- data
+        stage = "data"
+        data = instantiate(c["data"]).resolve()
+        sp = load_tokenizer(data.tokenizer_path)
+        check_vocab(data, c["arch"]["vocab_size"])
+        es = eval_settings(c)
+        val_tokens = data.validation_tokens(es["seq_len"])
+        byte_table = build_byte_table(sp, table_size=c["arch"]["vocab_size"]).to(env.device)
+        vt = val_tokens.to(env.device, torch.int64)
+        num_val_bytes = int(byte_table.count(vt[:-1], vt[1:]).sum().item())
+        rec.update(dataset=data.name, tokenizer_sha256=file_sha256(data.tokenizer_path),
+                   val_shards_sha256=files_sha256(data.val_files), num_val_tokens=int(val_tokens.numel()),
+                   num_val_bytes=num_val_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
+        del vt
+        say(f"data: {data.name} train_shards:{len(data.train_files)} val_tokens:{val_tokens.numel()} "
+            f"val_bytes:{num_val_bytes}" + (f" entropy_floor_bpb:{data.entropy_bits_per_byte:.4f}"
+                                            if data.entropy_bits_per_byte else ""))
+
+        # ---------------------------------------------------------------- model
+        stage = "model"
+        torch.manual_seed(c["seed"])
+        model = build_model(c["arch"])
+        counts = count_params(model)
+        rec.update(params=counts["params"], params_by_group={k: v for k, v in counts.items() if k != "params"})
+        say(f"model_params:{counts['params']} world_size:{world_size} device:{env.device}")
+        model = prepare_for_device(model, env.device, c["train"]["bf16_embeddings"])
+        D.broadcast_parameters(model)
+        autocast_dtype = resolve_autocast(c["train"]["autocast"], env.device)
+        train_model = torch.compile(model, dynamic=False) if resolve_compile(c["train"]["compile"], env.device) \
+            else model
+
+        # ---------------------------------------------------------------- train
+        stage = "train"
+        t = c["train"]
+        settings = LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
+                                micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
+                                warmdown_iters=t["warmdown_iters"], max_wallclock_seconds=t["max_wallclock_seconds"],
+                                val_every=t["val_every"], log_every=t["log_every"])
+        optimizers = instantiate(c["optimizer"])(list(model.named_parameters()))
+        for g in optimizers.param_groups_summary():
+            say(f"optimizer_group: {g}")
+        averaging = instantiate(t["averaging"])
+        make_loader = lambda: DistributedTokenLoader(data.train_files, rank, world_size,  # noqa: E731
+                                                     seed=t["loader_seed"])
+        trainer = Trainer(model, train_model, optimizers, make_loader, settings, env, autocast_dtype,
+                          hooks=[_AveragingHook(averaging, model)])
+        if settings.warmup_steps:
+            say(f"warm-up: {settings.warmup_steps} steps (rolled back)")
+        trainer.warm_up()
+        averaging.update(model, 0)  # averaging starts from the (rolled-back) initial weights
+        progress = TrainProgress(settings.iterations, enabled=main and t["progress"],
+                                 max_seconds=settings.max_wallclock_seconds)
+
+        def on_log(info: StepInfo) -> None:
+            tps = info.tokens / max(info.elapsed_s, 1e-9)
+            progress.update(info.step, info.loss, tps, info.elapsed_s)
+            if info.step % max(1, settings.log_every) == 0 or info.step == 1 or info.step == settings.iterations:
+                log_metrics({"train/loss": info.loss, "train/lr_scale": info.lr_scale,
+                             "train/tokens_per_s": tps, "train/time_s": info.elapsed_s}, info.step)
+
+        def validate(step: int) -> None:
+            r = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, progress=False)
+            log_metrics({"val/loss": r.val_loss, "val/bpb": r.val_bpb}, step)
+            say(f"step:{step} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f}")
+
+        summary = trainer.train(validate=validate, on_log=on_log)
+        progress.close()
+        rec.update(steps=summary.steps, train_time_s=summary.train_time_s, stopped_by=summary.stopped_by,
+                   tokens_seen=summary.tokens_seen, train_tokens_per_s=summary.tokens_per_s,
+                   final_train_loss=summary.last_loss)
+        say(f"trained {summary.steps} steps in {summary.train_time_s:.1f}s ({summary.stopped_by}), "
+            f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}")
+
+        # ---------------------------------------------------------------- average + keep weights
+        stage = "average"
+        export_state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+                        for k, v in averaging.averaged_state_dict(model).items()}
+        model.load_state_dict(export_state, strict=True)
+        if main:
+            save_weights(run_dir / WEIGHTS_FILE, export_state, {"steps": str(summary.steps)})
+        if c["eval"]["pre_quant"]:
+            stage = "pre_quant_eval"
+            pre = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, c["eval"]["progress"])
+            rec.update(pre_quant_val_loss=pre.val_loss, pre_quant_val_bpb=pre.val_bpb)
+            log_metrics({"val/pre_quant_bpb": pre.val_bpb, "val/pre_quant_loss": pre.val_loss}, summary.steps)
+            say(f"pre-quant val_loss:{pre.val_loss:.4f} val_bpb:{pre.val_bpb:.4f}")
+        del train_model, model
+
+        # ---------------------------------------------------------------- quantize + compress
+        stage = "export"
+        artifact_path = run_dir / ARTIFACT_FILE
+        if main:
+            export_artifact(c, export_state, artifact_path, meta={"steps": summary.steps, "seed": c["seed"]})
+        D.barrier()
+
+        # ---------------------------------------------------------------- round trip + evaluate
+        stage = "eval"
+        measured = finish_from_artifact(c, artifact_path, val_tokens, byte_table, env, autocast_dtype, rec,
+                                        log_metrics, say, step=summary.steps)
+        stage = "report"
+        logger.summary({k: rec.data.get(k) for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes",
+                                                     "model_bytes", "code_bytes", "params", "steps")})
+        if main and c["logger"].get("log_artifact", False):
+            logger.log_artifact(artifact_path, name=f"{c['name']}-s{c['seed']}", type="model",
+                                metadata={"val_bpb": measured["val_bpb"], "artifact_bytes": measured["artifact_bytes"]})
+        status = "ok" if measured["fits"] else "over_budget"
+        rec.write(status)
+        if main:
+            print(format_summary(rec.data), file=sys.stderr, flush=True)
+            say(f"results: {rec.path}")
+        if not measured["fits"]:
+            say(f"OVER BUDGET by {measured['artifact_bytes'] - c['budget_bytes']:,} bytes "
+                f"(model {measured['model_bytes']:,} + code {measured['code_bytes']:,} > {c['budget_bytes']:,})")
+            return EXIT_OVER_BUDGET
+        return 0
+    except BaseException as exc:
+        rec.update(error=f"{type(exc).__name__}: {exc}", failed_stage=stage)
+        rec.write("failed")
+        raise
+    finally:
+        logger.finish(exit_code=0 if rec.data.get("status") in ("ok",) else 1)
+        D.shutdown_distributed()
+
+
+def export_artifact(c: Mapping[str, Any], state: dict[str, torch.Tensor], path: Path, meta: dict) -> int:
+    """Quantize with the configured scheme, compress with the configured codec, write the file."""
+    quantizer = instantiate(c["quant"]["quantizer"])
+    codec = instantiate(c["quant"]["codec"])
+    qstate = quantizer.quantize(state)
+    return write_artifact(path, qstate, c["arch"], codec, meta=meta)
+
+
+def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val_tokens, byte_table, env: D.DistEnv,
+                         autocast_dtype, rec: ResultsRecorder, log_metrics, say, step: int) -> dict[str, Any]:
+    """Rebuild the model from the artifact alone, evaluate it and record the headline numbers."""
+    model, _ = rebuild_from_artifact(artifact_path, env.device)
+    model_bytes = artifact_path.stat().st_size
+    code = measure_code_bytes(code_roots(c))
+    artifact_bytes = model_bytes + code
+    fits = artifact_bytes <= c["budget_bytes"]
+    rec.update(model_bytes=model_bytes, code_bytes=code, artifact_bytes=artifact_bytes, fits=fits,
+               artifact_file=str(artifact_path))
+    rec.write()  # the bytes are known even if evaluation fails
+    r = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, c["eval"]["progress"])
+    es = eval_settings(c)
+    verdict = compliance.assess(es["method"], c["ttt"]["method"], c["eval_cache"]["method"],
+                                num_scored=r.num_tokens,
+                                num_expected=compliance.expected_scored_tokens(es["method"], val_tokens.numel(),
+                                                                               es["seq_len"]))
+    floor = rec.data.get("entropy_floor_bpb")
+    rec.update(val_bpb=r.val_bpb, val_loss=r.val_loss, eval_time_s=r.eval_time_s,
+               eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride,
+                     "num_tokens": r.num_tokens, "num_bytes": r.num_bytes, "on": "artifact_round_trip"},
+               compliance=verdict, gap_to_floor_bpb=(r.val_bpb - floor) if floor else None)
+    log_metrics({"val/bpb": r.val_bpb, "val/loss": r.val_loss, "artifact/bytes": artifact_bytes,
+                 "artifact/model_bytes": model_bytes, "artifact/code_bytes": code}, step)
+    say(f"round-trip val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} artifact_bytes:{artifact_bytes} "
+        f"(model {model_bytes} + code {code}) {compliance.summarize(verdict)}")
+    return {"val_bpb": r.val_bpb, "artifact_bytes": artifact_bytes, "model_bytes": model_bytes,
+            "code_bytes": code, "fits": fits}

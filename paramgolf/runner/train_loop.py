@@ -1,0 +1,181 @@
+"""The train loop: micro-batches → explicit gradient sync → optimizer step → hooks.
+
+Time accounting follows the official script: `train_time_s` counts training steps only,
+not the compile warm-up (whose steps are rolled back) nor periodic validation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from paramgolf.optim.schedules import warmdown_lr_scale
+from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_reduce_scalar
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy in fp32 (nats)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@dataclass
+class StepInfo:
+    """What hooks see after each optimizer step."""
+    step: int  # number of completed steps
+    elapsed_s: float  # training time so far
+    lr_scale: float
+    muon_momentum: float
+    loss: float  # mean training loss of the step over all ranks and micro-batches
+    tokens: int  # global tokens seen so far
+
+
+class TrainHook(Protocol):
+    def on_step_start(self, step: int, elapsed_s: float, lr_scale: float) -> None: ...
+    def on_step_end(self, info: StepInfo) -> None: ...
+
+
+@dataclass
+class LoopSettings:
+    iterations: int
+    batch_tokens: int
+    seq_len: int
+    micro_batches: int
+    warmup_steps: int
+    warmdown_iters: int
+    max_wallclock_seconds: float | None
+    val_every: int
+    log_every: int
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    train_time_s: float
+    tokens_seen: int
+    stopped_by: str  # "iterations" | "wallclock"
+    last_loss: float
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / max(self.train_time_s, 1e-9)
+
+
+def micro_batch_plan(settings: LoopSettings, world_size: int) -> tuple[int, int]:
+    """(micro-batches per rank, tokens per micro-batch per rank) for one optimizer step."""
+    m, ws = settings.micro_batches, world_size
+    if m % ws:
+        raise ValueError(f"train.micro_batches={m} must be divisible by the number of processes ({ws})")
+    if settings.batch_tokens % (m * settings.seq_len):
+        raise ValueError(
+            f"train.batch_tokens={settings.batch_tokens} must be divisible by "
+            f"train.micro_batches × train.seq_len = {m} × {settings.seq_len}")
+    return m // ws, settings.batch_tokens // m
+
+
+class Trainer:
+    """Runs the optimizer steps of one training; all ranks execute it in lockstep."""
+
+    def __init__(self, model: nn.Module, train_model: nn.Module, optimizers, make_loader: Callable,
+                 settings: LoopSettings, env: DistEnv, autocast_dtype: torch.dtype | None = None,
+                 hooks: list[TrainHook] | None = None):
+        self.model = model  # raw module: state dicts, hooks
+        self.train_model = train_model  # maybe compiled; used for forward/backward
+        self.opt = optimizers
+        self.make_loader = make_loader
+        self.s = settings
+        self.env = env
+        self.autocast_dtype = autocast_dtype
+        self.hooks = hooks or []
+        self.per_rank_micro, self.micro_tokens = micro_batch_plan(settings, env.world_size)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=self.autocast_dtype)
+
+    def _step(self, loader, lr_scale: float, momentum: float) -> float:
+        """One optimizer step over the global batch; returns its mean loss over all ranks."""
+        self.opt.zero_grad()
+        total = torch.zeros((), device=self.env.device, dtype=torch.float64)
+        for _ in range(self.per_rank_micro):
+            x, y = loader.next_batch(self.micro_tokens, self.s.seq_len)
+            x = x.to(self.env.device, non_blocking=True)
+            y = y.to(self.env.device, non_blocking=True)
+            with self._autocast():
+                loss = lm_loss(self.train_model(x), y)
+            (loss / self.per_rank_micro).backward()
+            total += loss.detach().double()
+        all_reduce_gradients(self.params, self.env.world_size)  # the explicit sync step
+        self.opt.set_lr_scale(lr_scale)
+        self.opt.set_muon_momentum(momentum)
+        self.opt.clip_grad_norm()
+        self.opt.step()
+        mean = total.item() / self.per_rank_micro
+        return all_reduce_scalar(mean, self.env.device) / self.env.world_size
+
+    def warm_up(self) -> None:
+        """Compile/priming steps whose effect is rolled back (official WARMUP_STEPS)."""
+        if self.s.warmup_steps <= 0:
+            return
+        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        opt_state = copy.deepcopy(self.opt.state_dict())
+        loader = self.make_loader()
+        for _ in range(self.s.warmup_steps):
+            self._step(loader, 1.0, self.opt.momentum_at(0))
+        self.model.load_state_dict(model_state)
+        self.opt.load_state_dict(opt_state)
+        self.opt.zero_grad()
+
+    def _sync(self) -> None:
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+
+    def train(self, validate: Callable[[int], None] | None = None,
+              on_log: Callable[[StepInfo], None] | None = None) -> TrainSummary:
+        s = self.s
+        loader = self.make_loader()
+        cap = s.max_wallclock_seconds if s.max_wallclock_seconds and s.max_wallclock_seconds > 0 else None
+        elapsed, step, losses, stopped_by = 0.0, 0, [], "iterations"
+        global_tokens = s.batch_tokens
+        self._sync()
+        t0 = time.perf_counter()
+        while step < s.iterations:
+            now = elapsed + (time.perf_counter() - t0)
+            lr_scale = warmdown_lr_scale(step, now, iterations=s.iterations,
+                                         warmdown_iters=s.warmdown_iters, max_wallclock_s=cap)
+            momentum = self.opt.momentum_at(step)
+            for h in self.hooks:
+                h.on_step_start(step, now, lr_scale)
+            loss = self._step(loader, lr_scale, momentum)
+            step += 1
+            self._sync()
+            elapsed_now = elapsed + (time.perf_counter() - t0)
+            losses.append(loss)
+            info = StepInfo(step, elapsed_now, lr_scale, momentum, loss, step * global_tokens)
+            for h in self.hooks:
+                h.on_step_end(info)
+            if on_log is not None:
+                on_log(info)
+            # Every rank must agree on stopping, so the cap decision is reduced with MAX.
+            reached = cap is not None and all_reduce_scalar(float(elapsed_now >= cap), self.env.device, "max") > 0
+            if validate is not None and s.val_every > 0 and step % s.val_every == 0 and step < s.iterations:
+                self._sync()
+                elapsed = elapsed + (time.perf_counter() - t0)
+                validate(step)  # not counted as training time
+                self._sync()
+                t0 = time.perf_counter()
+            if reached:
+                stopped_by = "wallclock"
+                break
+        self._sync()
+        elapsed = elapsed + (time.perf_counter() - t0)
+        return TrainSummary(step, elapsed, step * global_tokens, stopped_by,
+                            losses[-1] if losses else float("nan"), losses)

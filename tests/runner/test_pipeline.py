@@ -1,0 +1,143 @@
+"""End to end: paramgolf-train / paramgolf-eval as a user runs them, on the synthetic data."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paramgolf.tracking.jsonl import read_metrics
+
+pytestmark = pytest.mark.slow
+
+# A shrunken smoke run: the same pipeline, fewer steps.
+TINY = ["experiment=smoke", "logger=none", "train.iterations=12", "train.progress=false",
+        "eval.progress=false", "train.log_every=1"]
+
+
+def _env(tmp_path: Path, cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PARAMGOLF_CACHE=str(cache), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1",
+               WANDB_MODE="offline", WANDB_SILENT="true")
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        env[var] = str(tmp_path / "wandb_home" / var.lower())
+    return env
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pgcache")
+
+
+def train(tmp_path: Path, cache: Path, *overrides: str, multirun: bool = False, check: bool = True,
+          cmd: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    base = cmd or [sys.executable, "-m", "paramgolf.cli.train"]
+    args = base + (["-m"] if multirun else []) + list(overrides)
+    proc = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path, cache), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p.parent for p in (tmp_path / "outputs").rglob("results.json") if "evals" not in p.parts)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cache) -> Path:
+    tmp = tmp_path_factory.mktemp("smoke")
+    train(tmp, cache, *TINY, "hydra.run.dir=outputs/runs/one")
+    return tmp / "outputs" / "runs" / "one"
+
+
+def test_smoke_run_writes_the_results_contract(smoke_run):
+    r = json.loads((smoke_run / "results.json").read_text())
+    for key in ("val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes", "model_bytes", "code_bytes",
+                "budget_bytes", "params", "steps", "train_time_s", "eval_time_s", "config", "seed", "git_commit",
+                "schema_version", "status", "tokenizer_sha256", "val_shards_sha256", "num_val_tokens",
+                "num_val_bytes", "eval", "compliance", "entropy_floor_bpb"):
+        assert key in r, key
+    assert r["status"] == "ok" and r["steps"] == 12
+    assert r["artifact_bytes"] == r["model_bytes"] + r["code_bytes"]
+    assert r["model_bytes"] == (smoke_run / "model.pgart").stat().st_size
+    assert (smoke_run / "weights.safetensors").is_file() and (smoke_run / ".hydra" / "config.yaml").is_file()
+    assert r["eval"]["on"] == "artifact_round_trip" and r["eval"]["num_bytes"] > 0
+    assert r["compliance"]["compliant"] is True
+    # a trained model is worse than the source's entropy floor but far better than uniform
+    assert r["entropy_floor_bpb"] < r["val_bpb"] < math.log2(r["config"]["arch"]["vocab_size"]) * \
+        r["num_val_tokens"] / r["num_val_bytes"]
+    # int8 round trip costs little
+    assert abs(r["val_bpb"] - r["pre_quant_val_bpb"]) < 0.05
+    losses = [m["train/loss"] for m in read_metrics(smoke_run / "metrics.jsonl") if "train/loss" in m]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+
+
+def test_eval_reproduces_the_headline_from_the_artifact_and_requantizes(smoke_run, tmp_path, cache):
+    r = json.loads((smoke_run / "results.json").read_text())
+    env = _env(tmp_path, cache)
+    same = tmp_path / "same"
+    subprocess.run([sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "logger=none", "eval.progress=false",
+                    "--out", str(same)], check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    again = json.loads((same / "results.json").read_text())
+    assert again["val_bpb"] == pytest.approx(r["val_bpb"], abs=1e-9)
+    assert again["model_bytes"] == r["model_bytes"] and again["requantized"] is False
+    zstd = tmp_path / "zstd"
+    subprocess.run([sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "quant=int8_zstd",
+                    "eval.progress=false", "--out", str(zstd)], check=True, env=env, cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    other = json.loads((zstd / "results.json").read_text())
+    assert other["requantized"] is True and (zstd / "model.pgart").is_file()
+    assert other["model_bytes"] != r["model_bytes"]  # another codec, other bytes…
+    assert other["val_bpb"] == pytest.approx(r["val_bpb"], abs=1e-9)  # …same int8 weights, same score
+
+
+def test_over_budget_run_keeps_its_results_and_exits_nonzero(tmp_path, cache):
+    proc = train(tmp_path, cache, *TINY, "train.iterations=2", "budget_bytes=1000", check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    r = json.loads((run / "results.json").read_text())
+    assert r["status"] == "over_budget" and r["fits"] is False and (run / "model.pgart").is_file()
+    assert "OVER BUDGET by" in proc.stderr and math.isfinite(r["val_bpb"])
+
+
+def test_late_failure_still_writes_what_was_measured(tmp_path, cache):
+    proc = train(tmp_path, cache, *TINY, "train.iterations=2", "quant.codec.level=99", check=False)
+    assert proc.returncode != 0
+    (run,) = run_dirs(tmp_path)
+    r = json.loads((run / "results.json").read_text())
+    assert r["status"] == "failed" and r["failed_stage"] == "export"
+    assert r["steps"] == 2 and "pre_quant_val_bpb" in r and "level" in r["error"]
+
+
+def test_two_process_gloo_matches_one_process_and_sweeps(tmp_path, cache, smoke_run):
+    """`-m seed=…` with train.nproc_per_node=2: one run dir per seed; seed 1337 matches 1 process."""
+    train(tmp_path, cache, *TINY, "train.nproc_per_node=2", "seed=1337,7", multirun=True, timeout=600)
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2
+    results = {json.loads((d / "results.json").read_text())["seed"]: d for d in runs}
+    assert set(results) == {1337, 7}
+    two = json.loads((results[1337] / "results.json").read_text())
+    one = json.loads((smoke_run / "results.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    l2 = [m["train/loss"] for m in read_metrics(results[1337] / "metrics.jsonl") if "train/loss" in m][:5]
+    l1 = [m["train/loss"] for m in read_metrics(smoke_run / "metrics.jsonl") if "train/loss" in m][:5]
+    assert len(l1) == len(l2) == 5
+    for a, b in zip(l1, l2):
+        assert abs(a - b) / abs(a) < 1e-4, (l1, l2)
+    assert abs(one["val_bpb"] - two["val_bpb"]) < 0.02
+
+
+def test_torchrun_ranks_share_one_run_dir(tmp_path, cache):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "paramgolf.cli.train"]
+    train(tmp_path, cache, *TINY, "train.iterations=3", cmd=cmd, timeout=600)
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 1 and runs[0].name.startswith("torchrun-")
+    assert len(list((tmp_path / "outputs").rglob("config.yaml"))) == 1  # only rank 0 wrote .hydra
+    r = json.loads((runs[0] / "results.json").read_text())
+    assert r["world_size"] == 2 and r["status"] == "ok"
