@@ -8,35 +8,10 @@ from paramgolf.config.compose import setup
 
 
 def budget(overrides: list[str]) -> dict:
-    from hydra.utils import instantiate
-
     from paramgolf.config.compose import compose, to_container
-    from paramgolf.quant.accounting import code_bytes
-    from paramgolf.quant.estimate import estimate_model_bytes
-    from paramgolf.runner.build import build_model, code_roots, count_params
+    from paramgolf.runner.budget import budget_report
 
-    c = to_container(compose(overrides))
-    model = build_model(c["arch"])
-    counts = count_params(model)
-    code = code_bytes(code_roots(c))
-    est = estimate_model_bytes(model.state_dict(), instantiate(c["quant"]["quantizer"]),
-                               instantiate(c["quant"]["codec"]), c["arch"], seed=0)
-    total = code + est.model_bytes
-    out = {
-        "name": c["name"],
-        "params": counts["params"],
-        "params_by_group": {k: v for k, v in counts.items() if k != "params"},
-        "code_bytes": code,
-        "estimated_model_bytes": est.model_bytes,
-        "estimated_artifact_bytes": total,
-        "budget_bytes": c["budget_bytes"],
-        "fits": total <= c["budget_bytes"],
-        "quantizer": c["quant"]["quantizer"]["_target_"].rsplit(".", 1)[-1],
-        "codec": c["quant"]["codec"]["_target_"].rsplit(".", 1)[-1],
-    }
-    if not out["fits"]:
-        out["overshoot_bytes"] = total - c["budget_bytes"]
-    return out
+    return budget_report(to_container(compose(overrides)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -120,15 +120,19 @@ def surrogate_state_dict(
     state_dict_shapes: Mapping,
     seed: int = 0,
     tail_dof: float = 80.0,
-    matrix_rms: float = 1.0,
+    matrix_rms: float | Mapping[str, float] = 1.0,
     row_rms_spread: float = 0.2,
 ) -> dict[str, Tensor]:
-    """A state dict of surrogate trained weights with the given names, shapes and dtypes."""
+    """A state dict of surrogate trained weights with the given names, shapes and dtypes.
+
+    `matrix_rms` is one RMS for every matrix, or a per-tensor mapping (missing names: 1.0).
+    """
     out = {}
     for name, value in state_dict_shapes.items():
         (shape, dtype), real = _spec(name, value)
         if dtype.is_floating_point:
-            out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, matrix_rms, row_rms_spread)
+            rms = matrix_rms.get(name, 1.0) if isinstance(matrix_rms, Mapping) else matrix_rms
+            out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, max(rms, 1e-8), row_rms_spread)
         else:
             out[name] = real.detach().cpu() if real is not None else torch.zeros(shape, dtype=dtype)
     return out
@@ -159,7 +163,7 @@ def estimate_model_bytes(
     arch_config: dict,
     seed: int = 0,
     tail_dof: float = 80.0,
-    matrix_rms: float = 1.0,
+    matrix_rms: float | Mapping[str, float] = 1.0,
     row_rms_spread: float = 0.2,
     row_fraction: float = 0.25,
 ) -> EstimateResult:
@@ -172,7 +176,8 @@ def estimate_model_bytes(
         raise ValueError(f"tail_dof must be > 2 (finite variance), got {tail_dof}")
     if not 0.0 < row_fraction <= 1.0:
         raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
-    if matrix_rms <= 0 or row_rms_spread < 0:
+    rms_values = matrix_rms.values() if isinstance(matrix_rms, Mapping) else [matrix_rms]
+    if any(r <= 0 for r in rms_values) or row_rms_spread < 0:
         raise ValueError(f"matrix_rms must be > 0 and row_rms_spread >= 0, got {matrix_rms}, {row_rms_spread}")
     start = time.perf_counter()
     weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread)
@@ -196,5 +201,6 @@ def estimate_model_bytes(
         stored_bytes=sum(qt.stored_bytes for qt in qstate.values()),
         row_fraction=row_fraction,
         seconds=time.perf_counter() - start,
-        settings={"seed": seed, "tail_dof": tail_dof, "matrix_rms": matrix_rms, "row_rms_spread": row_rms_spread},
+        settings={"seed": seed, "tail_dof": tail_dof, "row_rms_spread": row_rms_spread,
+                  "matrix_rms": dict(matrix_rms) if isinstance(matrix_rms, Mapping) else matrix_rms},
     )

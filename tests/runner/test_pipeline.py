@@ -15,7 +15,7 @@ from paramgolf.tracking.jsonl import read_metrics
 pytestmark = pytest.mark.slow
 
 # A shrunken smoke run: the same pipeline, fewer steps.
-TINY = ["experiment=smoke", "logger=none", "train.iterations=12", "train.progress=false",
+TINY = ["experiment=smoke", "logger=none", "train.iterations=12", "train.micro_batches=2", "train.progress=false",
         "eval.progress=false", "train.log_every=1"]
 
 
