@@ -122,10 +122,13 @@ def surrogate_state_dict(
     tail_dof: float = 80.0,
     matrix_rms: float | Mapping[str, float] = 1.0,
     row_rms_spread: float = 0.2,
+    init_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """A state dict of surrogate trained weights with the given names, shapes and dtypes.
 
     `matrix_rms` is one RMS for every matrix, or a per-tensor mapping (missing names: 1.0).
+    With `init_weights`, a matrix is its initial value plus a surrogate of that RMS: trained
+    weights are the initialisation plus the accumulated updates.
     """
     out = {}
     for name, value in state_dict_shapes.items():
@@ -133,6 +136,9 @@ def surrogate_state_dict(
         if dtype.is_floating_point:
             rms = matrix_rms.get(name, 1.0) if isinstance(matrix_rms, Mapping) else matrix_rms
             out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, max(rms, 1e-8), row_rms_spread)
+            base = init_weights.get(name) if init_weights is not None else None
+            if base is not None and len(shape) >= 2 and not _is_control(name):
+                out[name] = (base.detach().float().cpu() + out[name].float()).to(dtype)
         else:
             out[name] = real.detach().cpu() if real is not None else torch.zeros(shape, dtype=dtype)
     return out
@@ -166,6 +172,7 @@ def estimate_model_bytes(
     matrix_rms: float | Mapping[str, float] = 1.0,
     row_rms_spread: float = 0.2,
     row_fraction: float = 0.25,
+    init_weights: Mapping[str, Tensor] | None = None,
 ) -> EstimateResult:
     """Artifact bytes that weights of these shapes will take once trained, quantized and compressed.
 
@@ -180,7 +187,7 @@ def estimate_model_bytes(
     if any(r <= 0 for r in rms_values) or row_rms_spread < 0:
         raise ValueError(f"matrix_rms must be > 0 and row_rms_spread >= 0, got {matrix_rms}, {row_rms_spread}")
     start = time.perf_counter()
-    weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread)
+    weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread, init_weights)
     qstate = quantizer.quantize(weights)
     del weights
     if row_fraction >= 1.0:

@@ -4,9 +4,9 @@ The compressed size of int8 weights depends on how large the trained weights are
 max stays below 1 hit the 1/127 scale floor and compress better), so the estimate predicts
 each tensor's trained RMS from the optimizer rules and the schedule:
 
-    rms² = init_rms² + (κ · lr · u · sqrt(Σ_t s_t²))²
+    trained = init + drift,   rms(drift) = κ · lr · u · sqrt(Σ_t s_t²)
 
-a random walk of per-step updates of size lr·u (Muon: u = sqrt(max(1, r/c)) / sqrt(max(r, c)),
+(the surrogate adds Student-t drift of that RMS to the model's real initial weights): a random walk of per-step updates of size lr·u (Muon: u = sqrt(max(1, r/c)) / sqrt(max(r, c)),
 the per-element RMS of its scaled orthogonal update; Adam: u = 1) under the LR scales s_t, with
 a persistence factor κ for how much consecutive updates agree. κ_muon = 2.5 and κ_adam = 0.65
 were measured on the 200-step smoke run; for the baseline they put matrices at RMS ≈ 0.6, past
@@ -36,23 +36,21 @@ def lr_scale_square_sum(train: Mapping[str, Any]) -> float:
                for t in range(n))
 
 
-def expected_trained_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
-                         train: Mapping[str, Any]) -> dict[str, float]:
-    """Predicted RMS of every parameter after training (see the module docstring)."""
+def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
+                       train: Mapping[str, Any]) -> dict[str, float]:
+    """Predicted RMS of every parameter's change during training (see the module docstring)."""
     walk = math.sqrt(lr_scale_square_sum(train))
     rules = [as_rule(r) for r in optimizer_cfg["rules"]]
     assigned = assign_params(list(model.named_parameters()), rules)
     out: dict[str, float] = {}
     for rule in rules:
         for name, p in assigned.get(rule.name, []):
-            init = p.detach().float().pow(2).mean().sqrt().item() if p.numel() else 0.0
             if rule.optimizer == "muon" and p.ndim >= 2:
                 r, c = p.shape[-2], p.shape[-1]
                 u = math.sqrt(max(1.0, r / c)) / math.sqrt(max(r, c))
             else:
                 u = 1.0
-            drift = KAPPA[rule.optimizer] * rule.lr * u * walk
-            out[name] = math.sqrt(init * init + drift * drift)
+            out[name] = KAPPA[rule.optimizer] * rule.lr * u * walk
     return out
 
 
@@ -61,9 +59,10 @@ def budget_report(c: Mapping[str, Any]) -> dict[str, Any]:
     model = build_model(c["arch"])
     counts = count_params(model)
     code = code_bytes(code_roots(c))
-    rms = expected_trained_rms(model, c["optimizer"], c["train"])
+    drift = expected_drift_rms(model, c["optimizer"], c["train"])
     est = estimate_model_bytes(model.state_dict(), instantiate(c["quant"]["quantizer"]),
-                               instantiate(c["quant"]["codec"]), c["arch"], seed=0, matrix_rms=rms)
+                               instantiate(c["quant"]["codec"]), c["arch"], seed=0, matrix_rms=drift,
+                               init_weights=model.state_dict())
     total = code + est.model_bytes
     out = {
         "name": c["name"],

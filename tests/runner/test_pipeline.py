@@ -141,3 +141,28 @@ def test_torchrun_ranks_share_one_run_dir(tmp_path, cache):
     assert len(list((tmp_path / "outputs").rglob("config.yaml"))) == 1  # only rank 0 wrote .hydra
     r = json.loads((runs[0] / "results.json").read_text())
     assert r["world_size"] == 2 and r["status"] == "ok"
+
+
+def test_budget_estimate_is_within_10_percent_of_the_real_run(smoke_run):
+    from paramgolf.config.compose import compose, to_container
+    from paramgolf.runner.budget import budget_report
+    r = json.loads((smoke_run / "results.json").read_text())
+    est = budget_report(to_container(compose(TINY)))
+    assert abs(est["estimated_model_bytes"] - r["model_bytes"]) / r["model_bytes"] < 0.10
+    assert est["code_bytes"] == r["code_bytes"]  # the same import closure for the budget and the run
+
+
+def test_wandb_offline_run_records_config_metrics_summary_and_artifact(tmp_path, cache):
+    from paramgolf.tracking.wandb_reader import read_offline_run
+    train(tmp_path, cache, *[o for o in TINY if not o.startswith("logger=")], "logger=wandb",
+          "train.iterations=3")
+    (run,) = run_dirs(tmp_path)
+    r = json.loads((run / "results.json").read_text())
+    rec = read_offline_run(run, wait_s=15)
+    assert rec.config["arch"]["num_layers"] == 4 and rec.config["seed"] == 1337
+    losses = [row["train/loss"] for row in rec.history if "train/loss" in row]
+    assert len(losses) == 3
+    assert rec.summary["val_bpb"] == pytest.approx(r["val_bpb"])
+    assert rec.summary["artifact_bytes"] == r["artifact_bytes"]
+    assert any("smoke" in name for name in rec.artifacts)
+    assert rec.group == "smoke" and rec.name == "smoke-s1337"

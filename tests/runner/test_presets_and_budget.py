@@ -1,0 +1,57 @@
+"""Every experiment preset runs two steps when shrunk; the budget estimate matches reality."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from paramgolf.config.compose import CONF_DIR, compose, to_container
+from paramgolf.runner.budget import budget_report
+from paramgolf.runner.pipeline import run
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SHRINK = ["data=synthetic", "logger=none", "arch.num_layers=2", "arch.model_dim=64", "arch.vocab_size=512",
+          "train.iterations=2", "train.warmup_steps=1", "train.batch_tokens=1024", "train.seq_len=64",
+          "train.micro_batches=1", "train.max_wallclock_seconds=null", "train.progress=false",
+          "eval.progress=false", "eval.batch_tokens=4096", "data.val_max_tokens=4096"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PARAMGOLF_CACHE", str(tmp_path_factory.getbasetemp() / "pgcache"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
+    c = to_container(compose([f"experiment={preset}", *SHRINK]))
+    assert run(c, tmp_path, 0, 1) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["status"] == "ok" and r["steps"] == 2 and r["val_bpb"] > 0
+
+
+def test_vocabulary_mismatch_is_refused_at_start_up(tmp_path):
+    c = to_container(compose(["experiment=smoke", "logger=none", "arch.vocab_size=256"]))
+    with pytest.raises(ValueError, match="vocab"):
+        run(c, tmp_path, 0, 1)
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["status"] == "failed" and r["failed_stage"] == "data"
+
+
+def test_baseline_estimate_is_within_5_percent_of_the_published_model_bytes():
+    out = budget_report(to_container(compose(["experiment=baseline"])))
+    assert out["params"] == 17_059_912
+    assert abs(out["estimated_model_bytes"] - 15_815_847) / 15_815_847 < 0.05
+    assert out["fits"] and out["estimated_artifact_bytes"] == out["code_bytes"] + out["estimated_model_bytes"]
+
+
+def test_over_budget_estimate_reports_the_overshoot():
+    out = budget_report(to_container(compose(["experiment=baseline", "arch.num_layers=12"])))
+    assert not out["fits"]
+    assert out["overshoot_bytes"] == out["estimated_artifact_bytes"] - 16_000_000 > 0
+
+
+def test_estimate_grows_with_training_length():
+    short = budget_report(to_container(compose(["experiment=smoke", "train.iterations=10"])))
+    long = budget_report(to_container(compose(["experiment=smoke", "train.iterations=5000"])))
+    assert long["estimated_model_bytes"] > 1.2 * short["estimated_model_bytes"]
