@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from paramgolf.config.compose import CONF_DIR, compose, to_container
 from paramgolf.runner.budget import budget_report
@@ -28,6 +29,21 @@ def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
     assert run(c, tmp_path, 0, 1) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["status"] == "ok" and r["steps"] == 2 and r["val_bpb"] > 0
+
+
+@pytest.mark.slow
+def test_ema_averaging_exports_the_averaged_weights(tmp_path):
+    from paramgolf.quant.artifact import load_weights
+    c = to_container(compose(["experiment=smoke", *SHRINK, "train/averaging=ema", "train.averaging.decay=0.5"]))
+    assert run(c, tmp_path, 0, 1) == 0
+    kept, _ = load_weights(tmp_path / "weights.safetensors")
+    plain = tmp_path / "plain"
+    assert run(to_container(compose(["experiment=smoke", *SHRINK])), plain, 0, 1) == 0
+    final, _ = load_weights(plain / "weights.safetensors")
+    # same training (same seed), different export: the EMA is not the last iterate
+    assert any(not torch.equal(kept[k], final[k]) for k in kept)
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["config"]["train"]["averaging"]["decay"] == 0.5 and r["status"] == "ok"
 
 
 def test_vocabulary_mismatch_is_refused_at_start_up(tmp_path):
