@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install paramgolf into the active Python environment.
-# torch is installed only when none is present, so a CUDA build you already have is kept;
-# on a machine without torch, TORCH_SPEC (default torch==2.13.0) is installed first.
+# torch is installed only when none is present (TORCH_SPEC, default torch==2.13.0: a CPU build
+# from this machine's wheel store, the matching CUDA build elsewhere). A torch you already have,
+# e.g. a CUDA build, is pinned while the package installs, so pip can never replace it.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
-if "$PY" -c "import torch" >/dev/null 2>&1; then
-  echo "install.sh: keeping the installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
-else
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-"$PY" -m pip install -e ".[dev]"
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)')"
+echo "install.sh: using torch ${TORCH_VERSION}"
+pin="$(mktemp)"
+trap 'rm -f "$pin"' EXIT
+echo "torch==${TORCH_VERSION}" > "$pin"
+"$PY" -m pip install -c "$pin" -e ".[dev]"

@@ -30,7 +30,6 @@ def main() -> None:
     from paramgolf.runner.distributed import DistEnv, pick_device
     from paramgolf.runner.train_loop import LoopSettings, Trainer
 
-    torch.set_flush_denormal(True)
     c = to_container(compose(args.overrides))
     t = c["train"]
     device = pick_device(t["device"], 0)

@@ -24,7 +24,16 @@ def _main(cfg: DictConfig) -> int:
                          "sweep with `paramgolf-train -m ... train.nproc_per_node=N` instead")
     check_known_keys(cfg)
     c = to_container(cfg)
-    code = launch(c, Path(hc.runtime.output_dir))
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        code = launch(c, run_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        if hc.mode.name == "MULTIRUN":
+            raise
+        # A user error (bad data path, vocabulary mismatch…): the message says what to fix.
+        where = f" (what was measured is in {run_dir / 'results.json'})" if (run_dir / "results.json").exists() else ""
+        print(f"paramgolf-train: error: {exc}{where}", file=sys.stderr)
+        sys.exit(2)
     if code and hc.mode.name != "MULTIRUN":
         sys.exit(code)
     if code:

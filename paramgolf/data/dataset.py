@@ -57,9 +57,9 @@ class FineWebData:
         tok_path = Path(self.tokenizer_path).expanduser()
         hint = "run `paramgolf-data download --variant sp1024` (or point data.data_dir / data.tokenizer_path at your copy)"
         if not data_dir.is_dir():
-            raise ValueError(f"FineWeb data directory not found: {data_dir}; {hint}")
+            raise ValueError(f"FineWeb data directory not found: {data_dir.resolve()}; {hint}")
         if not tok_path.is_file():
-            raise ValueError(f"tokenizer not found: {tok_path}; {hint}")
+            raise ValueError(f"tokenizer not found: {tok_path.resolve()}; {hint}")
         if self.val_max_tokens < 0:
             raise ValueError(f"data.val_max_tokens must be >= 0, got {self.val_max_tokens}")
         try:

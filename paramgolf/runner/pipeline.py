@@ -223,6 +223,8 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
                                 metadata={"val_bpb": measured["val_bpb"], "artifact_bytes": measured["artifact_bytes"]})
         status = "ok" if measured["fits"] else "over_budget"
         rec.write(status)
+        logger.finish(exit_code=0 if measured["fits"] else 1)  # W&B prints its own lines; ours come last
+        logger = NullLogger()
         if main:
             print(format_summary(rec.data), file=sys.stderr, flush=True)
             say(f"results: {rec.path}")

@@ -35,6 +35,8 @@ def requantizes(overrides: Sequence[str]) -> bool:
 def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | None = None) -> int:
     """Write `<run_dir>/evals/<time>/results.json`; returns 0, or 3 when over budget."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
     artifact = run_dir / ARTIFACT_FILE
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact} not found: the run did not get as far as exporting its artifact")
