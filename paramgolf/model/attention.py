@@ -25,9 +25,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = Non
     both compute the same function (tests compare SDPA with the explicit formula).
     """
     if use_fa3 is None:
-        use_fa3 = _fa3_func is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+        use_fa3 = _fa3_func is not None and q.is_cuda and (
+            q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda"))
     if use_fa3:
-        out = _fa3_func(q, k, v, causal=True)
+        # FA3 takes half precision only; under autocast q/k come out of the fp32 RMSNorm.
+        half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.get_autocast_dtype("cuda")
+        out = _fa3_func(q.to(half), k.to(half), v.to(half), causal=True)
         return out[0] if isinstance(out, tuple) else out
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),

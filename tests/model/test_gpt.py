@@ -109,3 +109,23 @@ def test_arch_targets_outside_model_package_are_refused():
     arch["mlp"]["_target_"] = "os.system"
     with pytest.raises(ValueError, match="paramgolf.model"):
         build_model(arch)
+
+
+def test_fa3_dispatch_uses_the_same_layout_and_math(monkeypatch):
+    """FA3 needs a GPU; a stand-in with FA3's (B, T, H, D) contract checks the dispatch around it."""
+    import paramgolf.model.attention as attn
+
+    calls = []
+
+    def fake_fa3(q, k, v, causal):
+        calls.append((q.shape, k.shape, q.dtype, causal))
+        return _reference_attention(q.float(), k.float(), v.float()).to(q.dtype), None  # (out, lse)
+
+    monkeypatch.setattr(attn, "_fa3_func", fake_fa3)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 7, 4, 8), torch.randn(2, 7, 2, 8), torch.randn(2, 7, 2, 8)
+    fast = attn.causal_attention(q, k, v, use_fa3=True)
+    plain = attn.causal_attention(q, k, v, use_fa3=False)
+    # fp32 inputs reach FA3 in half precision (it has no fp32 kernel)
+    assert calls == [((2, 7, 4, 8), (2, 7, 2, 8), torch.float16, True)]
+    assert torch.allclose(fast.float(), plain, atol=5e-3)

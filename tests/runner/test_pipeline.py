@@ -166,3 +166,12 @@ def test_wandb_offline_run_records_config_metrics_summary_and_artifact(tmp_path,
     assert rec.summary["artifact_bytes"] == r["artifact_bytes"]
     assert any("smoke" in name for name in rec.artifacts)
     assert rec.group == "smoke" and rec.name == "smoke-s1337"
+
+
+def test_missing_data_is_a_clear_error_that_keeps_a_results_file(tmp_path, cache):
+    proc = train(tmp_path, cache, "experiment=baseline", "logger=none", check=False)
+    assert proc.returncode == 2
+    assert "paramgolf-data download" in proc.stderr and "Traceback" not in proc.stderr
+    (run,) = run_dirs(tmp_path)
+    r = json.loads((run / "results.json").read_text())
+    assert r["status"] == "failed" and r["failed_stage"] == "data"
