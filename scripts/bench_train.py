@@ -37,7 +37,7 @@ def main() -> None:
     model = prepare_for_device(build_model(c["arch"]), device, t["bf16_embeddings"])
     autocast = resolve_autocast(t["autocast"], device)
     compiled = resolve_compile(t["compile"], device)
-    train_model = torch.compile(model, dynamic=False) if compiled else model
+    train_model = torch.compile(model, dynamic=False, fullgraph=True) if compiled else model
     opt = instantiate(c["optimizer"])(list(model.named_parameters()))
     vocab, seq = c["arch"]["vocab_size"], t["seq_len"]
 

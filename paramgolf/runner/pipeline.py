@@ -144,7 +144,7 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         model = prepare_for_device(model, env.device, c["train"]["bf16_embeddings"])
         D.broadcast_parameters(model)
         autocast_dtype = resolve_autocast(c["train"]["autocast"], env.device)
-        train_model = torch.compile(model, dynamic=False) if resolve_compile(c["train"]["compile"], env.device) \
+        train_model = torch.compile(model, dynamic=False, fullgraph=True) if resolve_compile(c["train"]["compile"], env.device) \
             else model
 
         # ---------------------------------------------------------------- train

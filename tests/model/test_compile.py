@@ -23,3 +23,13 @@ def test_compiled_model_equals_eager():
         eager, fast = model(x), compiled(x)
     assert torch.allclose(eager, fast, atol=1e-5, rtol=1e-5)
     assert eager.abs().max() > 0.1  # a non-trivial model, so equality means something
+
+
+def test_model_compiles_as_one_graph():
+    """fullgraph=True (as the runner compiles on CUDA) fails on any graph break."""
+    cfg = compose(["arch.num_layers=3", "arch.model_dim=64", "arch.vocab_size=97",
+                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2"])
+    model = build_model(cfg.arch)
+    x = torch.randint(0, 97, (2, 16))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), model(x))
