@@ -10,14 +10,18 @@ from paramgolf.config.compose import setup
 def budget(overrides: list[str]) -> dict:
     from paramgolf.config.compose import compose, to_container
     from paramgolf.runner.budget import budget_report
+    from paramgolf.runner.validate import validate_config
 
-    return budget_report(to_container(compose(overrides)))
+    c = to_container(compose(overrides))
+    validate_config(c, world_size=int(c["train"]["nproc_per_node"]))
+    return budget_report(c)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: paramgolf-budget [hydra overrides...]   e.g. paramgolf-budget experiment=baseline")
+        print("usage: paramgolf-budget [hydra overrides...]   e.g. paramgolf-budget experiment=baseline\n"
+              "prints params, code_bytes and the estimated artifact bytes as JSON; exit 3 when over budget")
         return
     setup()
     try:
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"paramgolf-budget: OVER BUDGET by {out['overshoot_bytes']:,} bytes: estimated model "
               f"{out['estimated_model_bytes']:,} + code {out['code_bytes']:,} > {out['budget_bytes']:,}",
               file=sys.stderr)
+        sys.exit(3)  # like paramgolf-train over budget, so scripts can test it
 
 
 if __name__ == "__main__":

@@ -15,15 +15,19 @@ from paramgolf.config.compose import setup
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="paramgolf-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a run directory written by paramgolf-train")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. eval=sliding quant=int8_zstd")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by paramgolf-train")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides of eval, quant, ttt, eval_cache, data, budget_bytes, "
+                        "train.device, train.autocast; e.g. eval=sliding quant=int8_zstd")
     p.add_argument("--out", type=Path, default=None, help="where to write results.json (default RUN_DIR/evals/<time>)")
     args = p.parse_args(argv)
     setup()
     from paramgolf.runner.reevaluate import reevaluate
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
     try:
         code = reevaluate(args.run_dir, args.overrides, args.out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, HydraException, OmegaConfBaseException) as exc:
         print(f"paramgolf-eval: error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""`paramgolf-train [overrides]`: compose the config, then run the pipeline (see README)."""
+"""`paramgolf-train [overrides]`: compose the config, check it, then run the pipeline (see README)."""
 from __future__ import annotations
 
 import os
@@ -14,27 +14,39 @@ from paramgolf.config.compose import CONF_DIR, check_known_keys, setup, to_conta
 setup()
 
 
+def _fail(msg: str) -> None:
+    print(f"paramgolf-train: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> int:
     from paramgolf.runner.launch import launch, under_torchrun
+    from paramgolf.runner.validate import validate_config
 
     hc = HydraConfig.get()
-    if under_torchrun() and hc.mode.name == "MULTIRUN":
-        raise SystemExit("error: -m/--multirun under torchrun would run one sweep per rank; "
-                         "sweep with `paramgolf-train -m ... train.nproc_per_node=N` instead")
-    check_known_keys(cfg)
-    c = to_container(cfg)
+    multirun = hc.mode.name == "MULTIRUN"
+    if under_torchrun() and multirun:
+        _fail("-m/--multirun under torchrun would run one sweep per rank; "
+              "sweep with `paramgolf-train -m ... train.nproc_per_node=N` instead")
+    try:
+        check_known_keys(cfg)
+        c = to_container(cfg)
+        world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else int(c["train"]["nproc_per_node"])
+        validate_config(c, world)
+    except ValueError as exc:
+        if multirun:
+            raise
+        _fail(str(exc))
     run_dir = Path(hc.runtime.output_dir)
     try:
         code = launch(c, run_dir)
     except (ValueError, FileNotFoundError) as exc:
-        if hc.mode.name == "MULTIRUN":
+        if multirun:
             raise
-        # A user error (bad data path, vocabulary mismatch…): the message says what to fix.
-        where = f" (what was measured is in {run_dir / 'results.json'})" if (run_dir / "results.json").exists() else ""
-        print(f"paramgolf-train: error: {exc}{where}", file=sys.stderr)
-        sys.exit(2)
-    if code and hc.mode.name != "MULTIRUN":
+        # A user error found while running (missing data, vocabulary mismatch…).
+        _fail(f"{exc} (results.json: {run_dir / 'results.json'})")
+    if code and not multirun:
         sys.exit(code)
     if code:
         raise RuntimeError(f"run exited with code {code} (see its results.json)")

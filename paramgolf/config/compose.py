@@ -85,4 +85,6 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    """Plain, resolved dict (enums as their names): what components and results.json receive."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True,  # type: ignore[return-value]
+                                  enum_to_str=True)

@@ -8,6 +8,7 @@ keyword arguments (tests/config checks that they agree).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -131,18 +132,41 @@ class QuantConfig:
 @dataclass
 class NoTTTConfig:
     """No test-time training: the artifact's weights score the validation set unchanged."""
-    method: str = "none"
+    _target_: str = "paramgolf.evaluation.ttt.NoTTT"
 
 
 @dataclass
 class NoEvalCacheConfig:
     """No evaluation-time cache: the model's softmax is the scored distribution."""
-    method: str = "none"
+    _target_: str = "paramgolf.evaluation.eval_cache.NoEvalCache"
+
+
+class EvalMethod(Enum):
+    non_overlapping = "non_overlapping"  # the official: seq_len chunks, the tail dropped
+    sliding = "sliding"  # every token once, up to seq_len of context, windows every `stride`
+
+
+class AutocastMode(Enum):
+    auto = "auto"  # bf16 on CUDA, none on CPU
+    bf16 = "bf16"
+    none = "none"
+
+
+class DeviceChoice(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class WandbMode(Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
 
 
 @dataclass
 class EvalConfig:
-    method: str = "non_overlapping"  # or "sliding"
+    method: EvalMethod = EvalMethod.non_overlapping
     seq_len: Optional[int] = None  # None: train.seq_len
     stride: int = 64  # sliding only
     batch_tokens: int = 524_288  # tokens per forward batch over all ranks (official VAL_BATCH_SIZE)
@@ -212,9 +236,9 @@ class TrainConfig:
     log_every: int = 50
     loader_seed: int = 0  # 0: the official shard order; other values permute shards (see data.loader)
     nproc_per_node: int = 1  # >1: this process starts N workers with torch's elastic launcher
-    device: str = "auto"  # auto | cpu | cuda
+    device: DeviceChoice = DeviceChoice.auto
     compile: str = "auto"  # auto (CUDA only) | "true" | "false"
-    autocast: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
+    autocast: AutocastMode = AutocastMode.auto
     bf16_embeddings: bool = True  # official: the embedding table itself is bf16 under autocast
     collective_timeout_s: float = 300.0
     progress: bool = True
@@ -233,7 +257,7 @@ class WandbLoggerConfig:
     _target_: str = "paramgolf.tracking.wandb_logger.WandbLogger"
     project: str = "paramgolf"
     entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline
     init_timeout_s: float = 15.0
     log_artifact: bool = True
     tags: list[str] = field(default_factory=list)
@@ -256,7 +280,6 @@ class Config:
     seed: int = 1337
     budget_bytes: int = 16_000_000
     name: str = "run"  # candidate name: W&B group, run-name prefix
-    run_id: str = ""  # filled at start-up
 
 
 SCHEMAS: dict[str, list[tuple[str, type]]] = {

@@ -9,12 +9,10 @@ from typing import Any, Mapping
 
 RULES = ("causality", "normalization", "score_before_update", "single_pass")
 
-# What each known option guarantees. Options that break a rule list it as False.
-_METHOD_RULES: dict[tuple[str, str], dict[str, bool]] = {
-    ("eval", "non_overlapping"): dict.fromkeys(RULES, True),
-    ("eval", "sliding"): dict.fromkeys(RULES, True),
-    ("ttt", "none"): dict.fromkeys(RULES, True),
-    ("eval_cache", "none"): dict.fromkeys(RULES, True),
+# Both window schemes are causal softmax scoring; single pass is checked from the counts.
+EVAL_METHOD_RULES: dict[str, dict[str, bool]] = {
+    "non_overlapping": dict.fromkeys(RULES, True),
+    "sliding": dict.fromkeys(RULES, True),
 }
 
 
@@ -25,13 +23,20 @@ def expected_scored_tokens(method: str, num_val_tokens: int, seq_len: int) -> in
     return ((num_val_tokens - 1) // seq_len) * seq_len
 
 
-def assess(eval_method: str, ttt_method: str, cache_method: str, *, num_scored: int,
+def assess(eval_method: str, ttt: Any, eval_cache: Any, *, num_scored: int,
            num_expected: int) -> dict[str, Any]:
-    """Verdict per rule plus `compliant` and human-readable `violations`."""
+    """Verdict per rule plus `compliant` and human-readable `violations`.
+
+    `ttt` and `eval_cache` are the instantiated components; each declares `name` and
+    `rules_kept()`. A component without a declaration is treated as breaking every rule.
+    """
     verdict = dict.fromkeys(RULES, True)
     violations: list[str] = []
-    for group, method in (("eval", eval_method), ("ttt", ttt_method), ("eval_cache", cache_method)):
-        rules = _METHOD_RULES.get((group, method))
+    declarations = [("eval", eval_method, EVAL_METHOD_RULES.get(eval_method))]
+    for group, comp in (("ttt", ttt), ("eval_cache", eval_cache)):
+        kept = comp.rules_kept() if hasattr(comp, "rules_kept") else None
+        declarations.append((group, getattr(comp, "name", type(comp).__name__), kept))
+    for group, method, rules in declarations:
         if rules is None:
             verdict = {r: False for r in RULES}
             violations.append(f"{group}={method}: no compliance declaration, treated as non-compliant")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import torch
 from hydra.utils import instantiate
 from torch import nn
 
@@ -55,7 +56,8 @@ def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
 
 
 def budget_report(c: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON object `paramgolf-budget` prints, for a resolved config."""
+    """The JSON object `paramgolf-budget` prints, for a resolved config (deterministic: seeded init)."""
+    torch.manual_seed(c["seed"])
     model = build_model(c["arch"])
     counts = count_params(model)
     code = code_bytes(code_roots(c))

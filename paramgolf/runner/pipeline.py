@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,6 +81,35 @@ def run_evaluation(model, val_tokens, byte_table, cfg: Mapping[str, Any], env: D
                     progress=progress and env.is_main)
 
 
+@dataclass
+class ValidationSet:
+    tokens: torch.Tensor  # what the configured method reads (the official range, or the whole split)
+    num_split_tokens: int  # the whole validation split (after data.val_max_tokens)
+    num_split_bytes: int  # its scored bytes: positions 1.. of the split
+    byte_table: Any
+
+
+def load_validation(c: Mapping[str, Any], data, device: torch.device) -> ValidationSet:
+    """The validation split and the tokens the evaluation method scores from it.
+
+    Non-overlapping evaluation reads the official range (a multiple of seq_len plus one; the
+    tail is dropped); sliding evaluation reads the whole split.
+    """
+    sp = load_tokenizer(data.tokenizer_path)
+    byte_table = build_byte_table(sp, table_size=c["arch"]["vocab_size"])
+    split = data.validation_tokens(1)
+    es = eval_settings(c)
+    if es["method"] == "sliding":
+        tokens = split
+    else:
+        usable = ((split.numel() - 1) // es["seq_len"]) * es["seq_len"]
+        if usable <= 0:
+            raise ValueError(f"the validation split ({split.numel()} tokens) is shorter than one sequence of "
+                             f"eval.seq_len={es['seq_len']}")
+        tokens = split[:usable + 1]
+    return ValidationSet(tokens, int(split.numel()), byte_table.count_stream(split), byte_table.to(device))
+
+
 def rebuild_from_artifact(path: Path, device: torch.device):
     """The scored model: built from the artifact file alone (architecture + weights)."""
     art = read_artifact(path)
@@ -119,20 +149,15 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         # ---------------------------------------------------------------- data
         stage = "data"
         data = instantiate(c["data"]).resolve()
-        sp = load_tokenizer(data.tokenizer_path)
         check_vocab(data, c["arch"]["vocab_size"])
-        es = eval_settings(c)
-        val_tokens = data.validation_tokens(es["seq_len"])
-        byte_table = build_byte_table(sp, table_size=c["arch"]["vocab_size"]).to(env.device)
-        vt = val_tokens.to(env.device, torch.int64)
-        num_val_bytes = int(byte_table.count(vt[:-1], vt[1:]).sum().item())
-        rec.update(dataset=data.name, tokenizer_sha256=file_sha256(data.tokenizer_path),
-                   val_shards_sha256=files_sha256(data.val_files), num_val_tokens=int(val_tokens.numel()),
-                   num_val_bytes=num_val_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
-        del vt
-        say(f"data: {data.name} train_shards:{len(data.train_files)} val_tokens:{val_tokens.numel()} "
-            f"val_bytes:{num_val_bytes}" + (f" entropy_floor_bpb:{data.entropy_bits_per_byte:.4f}"
-                                            if data.entropy_bits_per_byte else ""))
+        val = load_validation(c, data, env.device)
+        val_tokens, byte_table = val.tokens, val.byte_table
+        rec.update(dataset=data.name, dataset_dir=str(data.data_dir), tokenizer_sha256=file_sha256(data.tokenizer_path),
+                   val_shards_sha256=files_sha256(data.val_files), num_val_tokens=val.num_split_tokens,
+                   num_val_bytes=val.num_split_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
+        say(f"data: {data.name} train_shards:{len(data.train_files)} val_tokens:{val.num_split_tokens} "
+            f"val_bytes:{val.num_split_bytes}" + (f" entropy_floor_bpb:{data.entropy_bits_per_byte:.4f}"
+                                                 if data.entropy_bits_per_byte else ""))
 
         # ---------------------------------------------------------------- model
         stage = "model"
@@ -156,7 +181,9 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
                                 val_every=t["val_every"], log_every=t["log_every"])
         optimizers = instantiate(c["optimizer"])(list(model.named_parameters()))
         for g in optimizers.param_groups_summary():
-            say(f"optimizer_group: {g}")
+            if g["num_tensors"]:
+                say(f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
+                    f"tensors={g['num_tensors']} params={g['num_params']:,}")
         averaging = instantiate(t["averaging"])
         make_loader = lambda: DistributedTokenLoader(data.train_files, rank, world_size,  # noqa: E731
                                                      seed=t["loader_seed"])
@@ -169,12 +196,15 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         progress = TrainProgress(settings.iterations, enabled=main and t["progress"],
                                  max_seconds=settings.max_wallclock_seconds)
 
+        last_loss = [float("nan")]
+
         def on_log(info: StepInfo) -> None:
             tps = info.tokens / max(info.elapsed_s, 1e-9)
-            progress.update(info.step, info.loss, tps, info.elapsed_s)
-            if info.step % max(1, settings.log_every) == 0 or info.step == 1 or info.step == settings.iterations:
+            if info.loss is not None:
+                last_loss[0] = info.loss
                 log_metrics({"train/loss": info.loss, "train/lr_scale": info.lr_scale,
                              "train/tokens_per_s": tps, "train/time_s": info.elapsed_s}, info.step)
+            progress.update(info.step, last_loss[0], tps, info.elapsed_s)
 
         def validate(step: int) -> None:
             r = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, progress=False)
@@ -213,7 +243,7 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
 
         # ---------------------------------------------------------------- round trip + evaluate
         stage = "eval"
-        measured = finish_from_artifact(c, artifact_path, val_tokens, byte_table, env, autocast_dtype, rec,
+        measured = finish_from_artifact(c, artifact_path, val, env, autocast_dtype, rec,
                                         log_metrics, say, step=summary.steps)
         stage = "report"
         logger.summary({k: rec.data.get(k) for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes",
@@ -250,9 +280,11 @@ def export_artifact(c: Mapping[str, Any], state: dict[str, torch.Tensor], path: 
     return write_artifact(path, qstate, c["arch"], codec, meta=meta)
 
 
-def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val_tokens, byte_table, env: D.DistEnv,
+def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val: ValidationSet, env: D.DistEnv,
                          autocast_dtype, rec: ResultsRecorder, log_metrics, say, step: int) -> dict[str, Any]:
     """Rebuild the model from the artifact alone, evaluate it and record the headline numbers."""
+    val_tokens, byte_table = val.tokens, val.byte_table
+    ttt, cache = instantiate(c["ttt"]), instantiate(c["eval_cache"])
     model, _ = rebuild_from_artifact(artifact_path, env.device)
     model_bytes = artifact_path.stat().st_size
     code = measure_code_bytes(code_roots(c))
@@ -263,14 +295,14 @@ def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val_tokens, 
     rec.write()  # the bytes are known even if evaluation fails
     r = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, c["eval"]["progress"])
     es = eval_settings(c)
-    verdict = compliance.assess(es["method"], c["ttt"]["method"], c["eval_cache"]["method"],
-                                num_scored=r.num_tokens,
-                                num_expected=compliance.expected_scored_tokens(es["method"], val_tokens.numel(),
+    verdict = compliance.assess(es["method"], ttt, cache, num_scored=r.num_tokens,
+                                num_expected=compliance.expected_scored_tokens(es["method"], val.num_split_tokens,
                                                                                es["seq_len"]))
     floor = rec.data.get("entropy_floor_bpb")
     rec.update(val_bpb=r.val_bpb, val_loss=r.val_loss, eval_time_s=r.eval_time_s,
-               eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride,
-                     "num_tokens": r.num_tokens, "num_bytes": r.num_bytes, "on": "artifact_round_trip"},
+               eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride, "ttt": ttt.name,
+                     "eval_cache": cache.name, "num_tokens": r.num_tokens, "num_bytes": r.num_bytes,
+                     "on": "artifact_round_trip"},
                compliance=verdict, gap_to_floor_bpb=(r.val_bpb - floor) if floor else None)
     log_metrics({"val/bpb": r.val_bpb, "val/loss": r.val_loss, "artifact/bytes": artifact_bytes,
                  "artifact/model_bytes": model_bytes, "artifact/code_bytes": code}, step)

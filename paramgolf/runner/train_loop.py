@@ -31,7 +31,7 @@ class StepInfo:
     elapsed_s: float  # training time so far
     lr_scale: float
     muon_momentum: float
-    loss: float  # mean training loss of the step over all ranks and micro-batches
+    loss: float | None  # mean training loss over all ranks; read only every log_every steps (no sync)
     tokens: int  # global tokens seen so far
 
 
@@ -101,8 +101,8 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.env.device.type, dtype=self.autocast_dtype)
 
-    def _step(self, loader, lr_scale: float, momentum: float) -> float:
-        """One optimizer step over the global batch; returns its mean loss over all ranks."""
+    def _step(self, loader, lr_scale: float, momentum: float) -> torch.Tensor:
+        """One optimizer step over the global batch; returns this rank's mean loss (a device tensor)."""
         self.opt.zero_grad()
         total = torch.zeros((), device=self.env.device, dtype=torch.float64)
         for _ in range(self.per_rank_micro):
@@ -118,8 +118,11 @@ class Trainer:
         self.opt.set_muon_momentum(momentum)
         self.opt.clip_grad_norm()
         self.opt.step()
-        mean = total.item() / self.per_rank_micro
-        return all_reduce_scalar(mean, self.env.device) / self.env.world_size
+        return total / self.per_rank_micro
+
+    def _global_loss(self, local: torch.Tensor) -> float:
+        """Mean over ranks; a host sync, so only at log steps (every rank calls it at the same steps)."""
+        return all_reduce_scalar(local.item(), self.env.device) / self.env.world_size
 
     def warm_up(self) -> None:
         """Compile/priming steps whose effect is rolled back (official WARMUP_STEPS)."""
@@ -154,18 +157,20 @@ class Trainer:
             momentum = self.opt.momentum_at(step)
             for h in self.hooks:
                 h.on_step_start(step, now, lr_scale)
-            loss = self._step(loader, lr_scale, momentum)
+            local_loss = self._step(loader, lr_scale, momentum)
             step += 1
-            self._sync()
-            elapsed_now = elapsed + (time.perf_counter() - t0)
-            losses.append(loss)
+            elapsed_now = elapsed + (time.perf_counter() - t0)  # no device sync, like the official loop
+            # Every rank must agree on stopping, so the cap decision is reduced with MAX.
+            reached = cap is not None and all_reduce_scalar(float(elapsed_now >= cap), self.env.device, "max") > 0
+            loss = None
+            if step % max(1, s.log_every) == 0 or step == 1 or step == s.iterations or reached:
+                loss = self._global_loss(local_loss)
+                losses.append(loss)
             info = StepInfo(step, elapsed_now, lr_scale, momentum, loss, step * global_tokens)
             for h in self.hooks:
                 h.on_step_end(info)
             if on_log is not None:
                 on_log(info)
-            # Every rank must agree on stopping, so the cap decision is reduced with MAX.
-            reached = cap is not None and all_reduce_scalar(float(elapsed_now >= cap), self.env.device, "max") > 0
             if validate is not None and s.val_every > 0 and step % s.val_every == 0 and step < s.iterations:
                 self._sync()
                 elapsed = elapsed + (time.perf_counter() - t0)

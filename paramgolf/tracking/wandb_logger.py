@@ -167,9 +167,9 @@ class WandbLogger(Logger):
             meta = json.loads(as_json)
             artifact = wandb.Artifact(artifact_name(name), type=type, metadata=meta)
             if src.is_dir():
-                artifact.add_dir(str(src))
+                artifact.add_dir(str(src), policy="immutable", skip_cache=True)  # no staging copy outside the run dir
             elif src.is_file():
-                artifact.add_file(str(src))
+                artifact.add_file(str(src), policy="immutable", skip_cache=True)
             else:
                 raise FileNotFoundError(f"artifact path {src} does not exist")
             self.run.log_artifact(artifact)

@@ -26,7 +26,9 @@ def test_every_group_exists_and_ttt_and_cache_have_none():
         assert options(g), g
     assert "none" in options("ttt") and "none" in options("eval_cache")
     cfg = compose([])
-    assert cfg.ttt.method == "none" and cfg.eval_cache.method == "none"
+    assert instantiate(cfg.ttt).name == "none" and instantiate(cfg.eval_cache).name == "none"
+    assert instantiate(cfg.ttt).rules_kept() == {"causality": True, "normalization": True,
+                                                 "score_before_update": True, "single_pass": True}
     assert cfg.budget_bytes == 16_000_000 and isinstance(cfg.seed, int)
 
 
@@ -70,6 +72,10 @@ def test_schema_fields_are_the_targets_keyword_arguments():
     (["+arch.n_layr=4"], ValueError),                         # '+' adds a key no schema knows
     (["++train.averaging.decay_rate=0.9"], ValueError),
     (["+foo=1"], ValueError),
+    (["eval.method=slidng"], ConfigCompositionException),     # enum: an unknown method
+    (["ttt.method=lora"], ConfigCompositionException),        # ttt has no such key; ttt=lora is no option
+    (["ttt=lora"], MissingConfigException),
+    (["logger.mode=onlin"], ConfigCompositionException),
 ])
 def test_mistakes_fail_at_compose_time(override, error):
     with pytest.raises(error):

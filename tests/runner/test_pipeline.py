@@ -15,7 +15,7 @@ from paramgolf.tracking.jsonl import read_metrics
 pytestmark = pytest.mark.slow
 
 # A shrunken smoke run: the same pipeline, fewer steps.
-TINY = ["experiment=smoke", "logger=none", "train.iterations=12", "train.micro_batches=2", "train.progress=false",
+TINY = ["experiment=smoke", "logger=none", "train.iterations=12", "train.progress=false",
         "eval.progress=false", "train.log_every=1"]
 
 
@@ -94,6 +94,18 @@ def test_eval_reproduces_the_headline_from_the_artifact_and_requantizes(smoke_ru
     assert other["requantized"] is True and (zstd / "model.pgart").is_file()
     assert other["model_bytes"] != r["model_bytes"]  # another codec, other bytes…
     assert other["val_bpb"] == pytest.approx(r["val_bpb"], abs=1e-9)  # …same int8 weights, same score
+    assert other["steps"] == r["steps"] and other["params"] == r["params"]  # carried over from the run
+    refused = subprocess.run([sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "arch.num_layers=2"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "would change what was trained" in refused.stderr
+    sliding = tmp_path / "sliding"
+    subprocess.run([sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "eval=sliding", "eval.stride=64",
+                    "eval.progress=false", "--out", str(sliding)], check=True, env=env, cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    s = json.loads((sliding / "results.json").read_text())
+    # sliding scores every token of the split once, the tail included
+    assert s["eval"]["num_tokens"] == s["num_val_tokens"] - 1 and s["eval"]["num_bytes"] == s["num_val_bytes"]
+    assert s["eval"]["num_tokens"] > r["eval"]["num_tokens"] and s["compliance"]["compliant"]
 
 
 def test_over_budget_run_keeps_its_results_and_exits_nonzero(tmp_path, cache):
@@ -105,13 +117,27 @@ def test_over_budget_run_keeps_its_results_and_exits_nonzero(tmp_path, cache):
     assert "OVER BUDGET by" in proc.stderr and math.isfinite(r["val_bpb"])
 
 
-def test_late_failure_still_writes_what_was_measured(tmp_path, cache):
-    proc = train(tmp_path, cache, *TINY, "train.iterations=2", "quant.codec.level=99", check=False)
-    assert proc.returncode != 0
-    (run,) = run_dirs(tmp_path)
-    r = json.loads((run / "results.json").read_text())
+def test_late_failure_still_writes_what_was_measured(tmp_path, cache, monkeypatch):
+    """A run that diverges (inf weights) fails at export, after training and the pre-quant eval."""
+    from paramgolf.config.compose import compose, to_container
+    from paramgolf.runner.pipeline import run
+    monkeypatch.setenv("PARAMGOLF_CACHE", str(cache))
+    c = to_container(compose([*TINY, "train.iterations=2"]))
+    c["optimizer"]["rules"][0]["lr"] = float("inf")  # the tied embedding blows up
+    with pytest.raises(ValueError, match="tok_emb"):
+        run(c, tmp_path / "run", 0, 1)
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert r["status"] == "failed" and r["failed_stage"] == "export"
-    assert r["steps"] == 2 and "pre_quant_val_bpb" in r and "level" in r["error"]
+    assert r["steps"] == 2 and "pre_quant_val_bpb" in r and "tok_emb" in r["error"]
+
+
+def test_config_mistakes_fail_before_any_work(tmp_path, cache):
+    for bad, key in ((["eval=sliding", "eval.stride=0"], "eval.stride"), (["eval.method=slidng"], "method"),
+                     (["ttt.method=lora"], "ttt"), (["train.micro_batches=3"], "micro_batches"),
+                     (["+train.foo=1"], "train.foo")):
+        proc = train(tmp_path, cache, *TINY, *bad, check=False)
+        assert proc.returncode != 0 and key in proc.stderr, (bad, proc.stderr[-2000:])
+    assert not (tmp_path / "outputs" / "runs").exists() or not run_dirs(tmp_path)
 
 
 def test_two_process_gloo_matches_one_process_and_sweeps(tmp_path, cache, smoke_run):
@@ -166,6 +192,9 @@ def test_wandb_offline_run_records_config_metrics_summary_and_artifact(tmp_path,
     assert rec.summary["artifact_bytes"] == r["artifact_bytes"]
     assert any("smoke" in name for name in rec.artifacts)
     assert rec.group == "smoke" and rec.name == "smoke-s1337"
+    # W&B keeps its files under the run dir: no copy of the artifact in its home/cache dirs
+    home = tmp_path / "wandb_home"
+    assert not [p for p in home.rglob("*") if p.is_file() and p.stat().st_size == r["model_bytes"]]
 
 
 def test_missing_data_is_a_clear_error_that_keeps_a_results_file(tmp_path, cache):

@@ -1,0 +1,43 @@
+"""Check a composed config once, up front, so a mistake fails before data, model or training.
+
+Hydra's schemas already refuse misspelt keys, wrong types and unknown options; this adds the
+checks that span keys (batch divisibility, stride ≤ seq_len), builds the model on the meta
+device (its constructors check shapes) and constructs every component.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from paramgolf.optim.groups import as_rule, assign_params
+from paramgolf.runner.build import build_model, instantiate_unwrapped
+from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
+
+
+def validate_config(c: Mapping[str, Any], world_size: int) -> None:
+    """Raise ValueError naming the key and the fix; `world_size` is the number of ranks that will train."""
+    t, e = c["train"], c["eval"]
+    for key in ("iterations", "batch_tokens", "seq_len", "micro_batches", "nproc_per_node"):
+        if t[key] < 1:
+            raise ValueError(f"train.{key}={t[key]} must be ≥ 1")
+    if t["max_wallclock_seconds"] is not None and t["max_wallclock_seconds"] < 0:
+        raise ValueError(f"train.max_wallclock_seconds={t['max_wallclock_seconds']} must be ≥ 0 (0 or null: no cap)")
+    micro_batch_plan(LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
+                                  micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
+                                  warmdown_iters=t["warmdown_iters"], max_wallclock_seconds=t["max_wallclock_seconds"],
+                                  val_every=t["val_every"], log_every=t["log_every"]), world_size)
+    seq_len = e["seq_len"] or t["seq_len"]
+    if seq_len < 1:
+        raise ValueError(f"eval.seq_len={seq_len} must be ≥ 1")
+    if e["method"] == "sliding" and not 1 <= e["stride"] <= seq_len:
+        raise ValueError(f"eval.stride={e['stride']} must be between 1 and the evaluation seq_len ({seq_len})")
+    if c["budget_bytes"] <= 0:
+        raise ValueError(f"budget_bytes={c['budget_bytes']} must be positive")
+    with torch.device("meta"):
+        model = build_model(c["arch"])
+    assign_params(list(model.named_parameters()), [as_rule(r) for r in c["optimizer"]["rules"]])
+    for key in ("data", "logger", "ttt", "eval_cache"):
+        instantiate_unwrapped(c[key])
+    for group, key in (("quant", "quantizer"), ("quant", "codec"), ("train", "averaging")):
+        instantiate_unwrapped(c[group][key])
