@@ -25,13 +25,44 @@ class GQAAttentionConfig:
     num_kv_heads: int = 4
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
+    rope_dims: Optional[int] = None  # partial RoPE: rotate only the first r dims of each head
+    rope_train_seq_len: Optional[int] = None  # NTK-aware base scaling beyond this length
+    xsa_layers: list[int] = field(default_factory=list)  # XSA on these layers…
+    xsa_last_n: int = 0  # …and on the last n layers
+    gated: bool = False  # per-head sigmoid output gate (bias init 4.0)
+    value_residual: bool = False  # blend the first layer's values into later layers'
 
 
 @dataclass
-class ReluSquaredMLPConfig:
-    _target_: str = "paramgolf.model.mlp.ReluSquaredMLP"
+class LeakyReluSquaredMLPConfig:
+    _target_: str = "paramgolf.model.mlp.LeakyReluSquaredMLP"
     _partial_: bool = True
     mult: float = 2.0
+    negative_slope: float = 0.0  # 0: ReLU² (baseline); 0.5: LeakyReLU(0.5)²
+
+
+@dataclass
+class BigramHashConfig:
+    _target_: str = "paramgolf.model.bigram_hash.BigramHash"
+    _partial_: bool = True
+    buckets: int = 2048
+    dim: int = 128
+    scale_init: float = 0.05
+
+
+@dataclass
+class ValueEmbeddingsConfig:
+    _target_: str = "paramgolf.model.value_embedding.ValueEmbeddings"
+    _partial_: bool = True
+    dim: int = 128
+    layers: Optional[list[int]] = None  # None: the last two layers
+    scale_init: float = 0.1
+
+
+@dataclass
+class SmearGateConfig:
+    _target_: str = "paramgolf.model.smear_gate.SmearGate"
+    _partial_: bool = True
 
 
 @dataclass
@@ -47,12 +78,18 @@ class GPTConfig:
     attention: Any = MISSING
     mlp: Any = MISSING
     embedding: Any = MISSING
+    bigram: Any = None  # arch/bigram=hash
+    smear: Any = None  # arch/smear=gate
+    value_embedding: Any = None  # arch/value_embedding=ve128
     vocab_size: int = 1024
     num_layers: int = 9
     model_dim: int = 512
     tie_embeddings: bool = True
     logit_softcap: float = 30.0
     unet_skips: bool = True
+    depth_scale: str = "none"  # 1/sqrt(layer+1) on branch inputs ("input", LN scale) or outputs ("output")
+    orthogonal_init: bool = False
+    recurrence: Optional[list[int]] = None  # depth recurrence: core index of each logical layer
 
 
 # ---------------------------------------------------------------- optimizer (paramgolf.optim)
@@ -286,7 +323,10 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "": [("config_schema", Config)],
     "arch": [("gpt_schema", GPTConfig)],
     "arch/attention": [("gqa_schema", GQAAttentionConfig)],
-    "arch/mlp": [("relu2_schema", ReluSquaredMLPConfig)],
+    "arch/mlp": [("leaky_relu2_schema", LeakyReluSquaredMLPConfig)],
+    "arch/bigram": [("hash_schema", BigramHashConfig)],
+    "arch/smear": [("gate_schema", SmearGateConfig)],
+    "arch/value_embedding": [("ve_schema", ValueEmbeddingsConfig)],
     "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
     "optimizer": [("muon_adam_schema", MuonAdamConfig)],
     "quant": [("quant_schema", QuantConfig)],

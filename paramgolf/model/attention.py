@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from paramgolf.model.layers import CastedLinear, rms_norm
 from paramgolf.model.rotary import Rotary
+from paramgolf.model.xsa import exclusive_self_attention
 
 try:  # FlashAttention-3 (Hopper); absent on CPU machines.
     from flash_attn_interface import flash_attn_func as _fa3_func
@@ -42,17 +43,26 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = Non
 class CausalSelfAttention(nn.Module):
     """GQA attention: RMS-normed q/k, RoPE, a learnable per-head query gain, zero-init output.
 
-    Official naive baseline (records/track_10min_16mb/2026-03-17_NaiveBaseline).
+    Official naive baseline (records/track_10min_16mb/2026-03-17_NaiveBaseline); options from the
+    seed records: partial RoPE with NTK scaling (`rope_dims`, `rope_train_seq_len`), XSA on chosen
+    layers (`xsa_layers`, or the last `xsa_last_n` of `num_layers`), a per-head output gate
+    (`gated`, PRs #754/#1185) and the value residual (`value_residual`, PRs #754/#1185).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, num_kv_heads: int = 4,
-                 rope_base: float = 10000.0, qk_gain_init: float = 1.5):
+    def __init__(self, dim: int, layer: int = 0, num_layers: int = 1, num_heads: int = 8, num_kv_heads: int = 4,
+                 rope_base: float = 10000.0, qk_gain_init: float = 1.5, rope_dims: int | None = None,
+                 rope_train_seq_len: int | None = None, xsa_layers: list[int] | None = None, xsa_last_n: int = 0,
+                 gated: bool = False, value_residual: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"arch.model_dim={dim} must be divisible by arch.attention.num_heads={num_heads}")
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"arch.attention.num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+        xsa = set(xsa_layers or []) | set(range(num_layers - xsa_last_n, num_layers))
+        if any(not 0 <= i < num_layers for i in xsa):
+            raise ValueError(f"arch.attention.xsa_layers={sorted(xsa)}: layers must be in 0..{num_layers - 1}")
+        self.layer, self.use_xsa = layer, layer in xsa
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
         kv_dim = num_kv_heads * self.head_dim
@@ -61,14 +71,54 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastedLinear(dim, kv_dim)
         self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
-        self.rotary = Rotary(self.head_dim, base=rope_base)
+        self.rotary = Rotary(self.head_dim, base=rope_base, rope_dims=rope_dims, train_seq_len=rope_train_seq_len)
+        self.attn_gate = HeadGate(dim, num_heads) if gated else None
+        self.value_residual = ValueResidual() if value_residual else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, v_extra: Tensor | None = None, state: dict | None = None) -> Tensor:
+        """x: normalised block input; v_extra: added to the values (VE); state: shared across layers."""
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.c_v(x)
+        if v_extra is not None:
+            v = v + v_extra.to(v.dtype)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        if self.value_residual is not None:
+            v = self.value_residual(v, state if state is not None else {})
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         y = causal_attention(q, k, v)
+        if self.use_xsa:
+            y = exclusive_self_attention(y, v.to(y.dtype))
+        if self.attn_gate is not None:
+            y = y * self.attn_gate(x).to(y.dtype).unsqueeze(-1)
         return self.proj(y.reshape(B, T, C))
+
+
+class HeadGate(nn.Module):
+    """Gated attention: sigmoid(x W + b) per head scales that head's output (W = 0, b = 4 → gate ≈ 0.982)."""
+
+    def __init__(self, dim: int, num_heads: int, bias_init: float = 4.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, num_heads)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, bias_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.proj(x))
+
+
+class ValueResidual(nn.Module):
+    """The first layer's values blended into later layers': v ← λ0·v_first + λ1·v (λ = [0.5, 0.5])."""
+
+    def __init__(self):
+        super().__init__()
+        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5]))
+
+    def forward(self, v: Tensor, state: dict) -> Tensor:
+        if "v_first" not in state:  # the first layer to run keeps its own values and publishes them
+            state["v_first"] = v
+            return v
+        lam = self.vr_lambda.to(v.dtype)
+        return lam[0] * state["v_first"] + lam[1] * v

@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from paramgolf.model.block import Block
+from paramgolf.model.block import Block, Core
+from paramgolf.model.init import orthogonal_init_
 from paramgolf.model.layers import CastedLinear, RMSNorm, rms_norm
 
 
@@ -15,20 +16,31 @@ class GPT(nn.Module):
 
     The first half of the layers stores its outputs, the second half adds them back in
     reverse order with learned per-channel weights (U-Net skips, official baseline).
-    Swappable parts come in as factories: `attention(dim)`, `mlp(dim)`, `embedding(vocab, dim)`.
+    Swappable parts come in as factories: `attention(dim, layer=, num_layers=)`, `mlp(dim)`,
+    `embedding(vocab, dim)`, and the optional input features `bigram(vocab, dim)` (added to the
+    token embedding) and `smear(dim)` (applied after the embedding norm), and value embeddings
+    `value_embedding(vocab, kv_dim, num_layers)` added to chosen layers' values.
+    Depth recurrence: `recurrence[l]` names the shared core logical layer l runs; each logical
+    layer keeps its own norms, scales and mixes (`blocks.{l}`), the cores hold attention and MLP.
     """
 
     def __init__(
         self,
-        attention: Callable[[int], nn.Module],
+        attention: Callable[..., nn.Module],
         mlp: Callable[[int], nn.Module],
         embedding: Callable[[int, int], nn.Module],
+        bigram: Callable[[int, int], nn.Module] | None = None,
+        smear: Callable[[int], nn.Module] | None = None,
+        value_embedding: Callable[..., nn.Module] | None = None,
         vocab_size: int = 1024,
         num_layers: int = 9,
         model_dim: int = 512,
         tie_embeddings: bool = True,
         logit_softcap: float = 30.0,
         unet_skips: bool = True,
+        depth_scale: str = "none",
+        orthogonal_init: bool = False,
+        recurrence: list[int] | None = None,
     ):
         super().__init__()
         if logit_softcap <= 0:
@@ -38,24 +50,60 @@ class GPT(nn.Module):
                              f"(got {num_layers}, {model_dim}, {vocab_size})")
         self.vocab_size = vocab_size
         self.logit_softcap = logit_softcap
+        if depth_scale not in ("none", "input", "output"):
+            raise ValueError(f"arch.depth_scale={depth_scale!r} must be none, input or output")
         self.tok_emb = embedding(vocab_size, model_dim)
-        self.blocks = nn.ModuleList(Block(model_dim, attention(model_dim), mlp(model_dim))
-                                    for _ in range(num_layers))
+        self.bigram = bigram(vocab_size, model_dim) if bigram is not None else None
+        self.smear = smear(model_dim) if smear is not None else None
+        scales = [1.0 if depth_scale == "none" else (i + 1) ** -0.5 for i in range(num_layers)]
+        where = "input" if depth_scale == "none" else depth_scale
+        if recurrence is None:
+            self.cores = None
+            self.blocks = nn.ModuleList(
+                Block(model_dim, attention(model_dim, layer=i, num_layers=num_layers), mlp(model_dim),
+                      depth_scale=scales[i], scale_where=where) for i in range(num_layers))
+        else:
+            num_cores = max(recurrence) + 1 if recurrence else 0
+            if len(recurrence) != num_layers or sorted(set(recurrence)) != list(range(num_cores)):
+                raise ValueError(f"arch.recurrence={list(recurrence)} must give a core for each of the {num_layers} "
+                                 f"layers and use every core 0..{num_cores - 1}")
+            self.core_of = list(recurrence)
+            self.cores = nn.ModuleList(Core(attention(model_dim, layer=c, num_layers=num_cores), mlp(model_dim))
+                                       for c in range(num_cores))
+            self.blocks = nn.ModuleList(Block(model_dim, None, None, depth_scale=scales[i], scale_where=where)
+                                        for i in range(num_layers))
+        kv_dim = self._kv_dim(model_dim)
+        self.ve = value_embedding(vocab_size, kv_dim, num_layers) if value_embedding is not None else None
         self.num_encoder_layers = num_layers // 2 if unet_skips else 0
         num_skips = min(self.num_encoder_layers, num_layers - self.num_encoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, model_dim))
         self.final_norm = RMSNorm()
         self.lm_head = None if tie_embeddings else CastedLinear(model_dim, vocab_size, zero_init=True)
+        if orthogonal_init:
+            orthogonal_init_(self)
+
+    def _kv_dim(self, model_dim: int) -> int:
+        attn = self.blocks[0].attn if self.cores is None else self.cores[0].attn
+        return attn.num_kv_heads * attn.head_dim
 
     def forward(self, idx: Tensor) -> Tensor:
-        x = rms_norm(self.tok_emb(idx))
+        x = self.tok_emb(idx)
+        if self.bigram is not None:
+            x = x + self.bigram(idx).to(x.dtype)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x)
         x0 = x
+        ve = self.ve(idx) if self.ve is not None else None
+        state: dict[str, Tensor] = {}  # per-forward values shared across layers (value residual)
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder_layers and skips:
                 j = i - self.num_encoder_layers
                 x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+            v_extra = self.ve.for_layer(i, ve) if ve is not None else None
+            core = self.cores[self.core_of[i]] if self.cores is not None else None
+            x = block(x, x0, v_extra, state, core)
             if i < self.num_encoder_layers:
                 skips.append(x)
         x = self.final_norm(x)

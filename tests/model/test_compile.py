@@ -25,10 +25,13 @@ def test_compiled_model_equals_eager():
     assert eager.abs().max() > 0.1  # a non-trivial model, so equality means something
 
 
-def test_model_compiles_as_one_graph():
+@pytest.mark.parametrize("extra", [[], ["arch/bigram=hash", "arch/smear=gate", "arch/mlp=leaky_relu2",
+                                         "arch.attention.xsa_last_n=2", "arch.attention.rope_dims=8",
+                                         "arch.depth_scale=input"]])
+def test_model_compiles_as_one_graph(extra):
     """fullgraph=True (as the runner compiles on CUDA) fails on any graph break."""
     cfg = compose(["arch.num_layers=3", "arch.model_dim=64", "arch.vocab_size=97",
-                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2"])
+                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2", *extra])
     model = build_model(cfg.arch)
     x = torch.randint(0, 97, (2, 16))
     compiled = torch.compile(model, backend="eager", fullgraph=True)
