@@ -98,7 +98,7 @@ class GPTConfig:
 @dataclass
 class ParamRuleConfig:
     name: str = MISSING
-    optimizer: str = MISSING  # "muon" | "adam"
+    optimizer: str = MISSING  # "muon" | "adam" | "none" (frozen: no optimizer)
     lr: float = MISSING
     pattern: Optional[str] = None
     ndim: Optional[int] = None

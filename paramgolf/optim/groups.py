@@ -12,7 +12,8 @@ from dataclasses import dataclass, fields
 
 from torch import Tensor
 
-OPTIMIZERS = ("muon", "adam")
+# "none" freezes: the parameters get gradients but no optimizer (PR #620's BigramHash/SmearGate).
+OPTIMIZERS = ("muon", "adam", "none")
 
 # Substrings of the official baseline's control tensors (gains, mixes, skip weights): they are
 # 2-D or 1-D but must stay on Adam, so these rules come before the `ndim == 2` Muon rule.
@@ -26,7 +27,7 @@ class ParamRule:
     """One optimizer group: which parameters it takes, which optimizer and what lr."""
 
     name: str
-    optimizer: str  # "muon" | "adam"
+    optimizer: str  # "muon" | "adam" | "none"
     lr: float
     pattern: str | None = None  # regex, searched (not full-matched) in the parameter name
     ndim: int | None = None

@@ -184,8 +184,10 @@ def estimate_model_bytes(
     if not 0.0 < row_fraction <= 1.0:
         raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
     rms_values = matrix_rms.values() if isinstance(matrix_rms, Mapping) else [matrix_rms]
-    if any(r <= 0 for r in rms_values) or row_rms_spread < 0:
-        raise ValueError(f"matrix_rms must be > 0 and row_rms_spread >= 0, got {matrix_rms}, {row_rms_spread}")
+    if any(r < 0 for r in rms_values) or (not isinstance(matrix_rms, Mapping) and matrix_rms == 0):
+        raise ValueError("matrix_rms must be > 0 (a per-tensor mapping may hold 0 for frozen tensors)")
+    if row_rms_spread < 0:
+        raise ValueError(f"row_rms_spread must be >= 0, got {row_rms_spread}")
     start = time.perf_counter()
     weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread, init_weights)
     qstate = quantizer.quantize(weights)

@@ -27,7 +27,7 @@ from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import estimate_model_bytes
 from paramgolf.runner.build import build_model, code_roots, count_params
 
-KAPPA = {"muon": 2.5, "adam": 0.65}
+KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
 
 
 def lr_scale_square_sum(train: Mapping[str, Any]) -> float:

@@ -18,7 +18,7 @@ EVAL_MODULES = (
 
 # Parameter families for reporting (first match wins).
 PARAM_FAMILIES = (
-    ("embeddings", re.compile(r"(^|\.)(tok_emb|lm_head|bigram|value_emb|ve_)")),
+    ("embeddings", re.compile(r"(^|\.)(tok_emb|lm_head|bigram|ve)\.")),
     ("attention", re.compile(r"\.attn\.")),
     ("mlp", re.compile(r"\.mlp\.")),
 )

@@ -11,7 +11,7 @@ from paramgolf.runner.budget import budget_report
 from paramgolf.runner.pipeline import run
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-SHRINK = ["data=synthetic", "logger=none", "arch.num_layers=2", "arch.model_dim=64", "arch.vocab_size=512",
+SHRINK = ["data=synthetic", "logger=none", "arch.model_dim=128", "arch.vocab_size=512", "eval.seq_len=64",
           "train.iterations=2", "train.warmup_steps=1", "train.batch_tokens=1024", "train.seq_len=64",
           "train.micro_batches=1", "train.max_wallclock_seconds=null", "train.progress=false",
           "eval.progress=false", "eval.batch_tokens=4096", "data.val_max_tokens=4096"]
@@ -44,6 +44,18 @@ def test_ema_averaging_exports_the_averaged_weights(tmp_path):
     assert any(not torch.equal(kept[k], final[k]) for k in kept)
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["config"]["train"]["averaging"]["decay"] == 0.5 and r["status"] == "ok"
+
+
+LOGGED_PARAMS = {"baseline": 17_059_912, "pr549": 26_928_220, "pr537": 24_634_452, "pr620": 26_829_913,
+                 "pr754": 26_809_543, "pr1263": 26_993_756}  # docs/records/*.md, model_params log lines
+
+
+@pytest.mark.parametrize("preset", sorted(LOGGED_PARAMS))
+def test_presets_have_the_records_parameter_counts(preset):
+    from paramgolf.runner.build import build_model
+    with torch.device("meta"):
+        model = build_model(compose([f"experiment={preset}"]).arch)
+    assert sum(p.numel() for p in model.parameters()) == LOGGED_PARAMS[preset]
 
 
 def test_vocabulary_mismatch_is_refused_at_start_up(tmp_path):
