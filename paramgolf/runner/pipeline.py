@@ -169,8 +169,11 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         model = prepare_for_device(model, env.device, c["train"]["bf16_embeddings"])
         D.broadcast_parameters(model)
         autocast_dtype = resolve_autocast(c["train"]["autocast"], env.device)
-        train_model = torch.compile(model, dynamic=False, fullgraph=True) if resolve_compile(c["train"]["compile"], env.device) \
-            else model
+        if resolve_compile(c["train"]["compile"], env.device):
+            torch._dynamo.reset()  # sweep jobs share a process: don't hit dynamo's per-function recompile limit
+            train_model = torch.compile(model, dynamic=False, fullgraph=True)
+        else:
+            train_model = model
 
         # ---------------------------------------------------------------- train
         stage = "train"

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paramgolf.config.compose import compose
+from paramgolf.config.compose import CONF_DIR, compose
 from paramgolf.runner.build import build_model
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles new models; dynamo's per-function recompile limit must not carry over."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow
@@ -36,3 +44,14 @@ def test_model_compiles_as_one_graph(extra):
     x = torch.randint(0, 97, (2, 16))
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_preset_model_compiles_as_one_graph(preset):
+    cfg = compose([f"experiment={preset}", "arch.model_dim=128", "arch.vocab_size=97"])
+    torch.manual_seed(0)
+    model = build_model(cfg.arch)
+    x = torch.randint(0, 97, (1, 16))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x), model(x))
