@@ -60,6 +60,14 @@ class ValueEmbeddingsConfig:
 
 
 @dataclass
+class MTPHeadsConfig:
+    _target_: str = "paramgolf.model.mtp.MTPHeads"
+    _partial_: bool = True
+    count: int = 2
+    weight: float = 0.15
+
+
+@dataclass
 class SmearGateConfig:
     _target_: str = "paramgolf.model.smear_gate.SmearGate"
     _partial_: bool = True
@@ -81,6 +89,7 @@ class GPTConfig:
     bigram: Any = None  # arch/bigram=hash
     smear: Any = None  # arch/smear=gate
     value_embedding: Any = None  # arch/value_embedding=ve128
+    mtp: Any = None  # arch/mtp=two: training-only heads, dropped at export
     vocab_size: int = 1024
     num_layers: int = 9
     model_dim: int = 512
@@ -327,6 +336,7 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "arch/bigram": [("hash_schema", BigramHashConfig)],
     "arch/smear": [("gate_schema", SmearGateConfig)],
     "arch/value_embedding": [("ve_schema", ValueEmbeddingsConfig)],
+    "arch/mtp": [("mtp_schema", MTPHeadsConfig)],
     "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
     "optimizer": [("muon_adam_schema", MuonAdamConfig)],
     "quant": [("quant_schema", QuantConfig)],

@@ -32,6 +32,7 @@ class GPT(nn.Module):
         bigram: Callable[[int, int], nn.Module] | None = None,
         smear: Callable[[int], nn.Module] | None = None,
         value_embedding: Callable[..., nn.Module] | None = None,
+        mtp: Callable[..., nn.Module] | None = None,
         vocab_size: int = 1024,
         num_layers: int = 9,
         model_dim: int = 512,
@@ -78,6 +79,7 @@ class GPT(nn.Module):
         num_skips = min(self.num_encoder_layers, num_layers - self.num_encoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, model_dim))
         self.final_norm = RMSNorm()
+        self.mtp = mtp(model_dim, vocab_size, logit_softcap) if mtp is not None else None
         self.lm_head = None if tie_embeddings else CastedLinear(model_dim, vocab_size, zero_init=True)
         if orthogonal_init:
             orthogonal_init_(self)
@@ -86,7 +88,8 @@ class GPT(nn.Module):
         attn = self.blocks[0].attn if self.cores is None else self.cores[0].attn
         return attn.num_kv_heads * attn.head_dim
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def forward(self, idx: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits for every position; with `return_hidden`, also the final normed hidden state (MTP)."""
         x = self.tok_emb(idx)
         if self.bigram is not None:
             x = x + self.bigram(idx).to(x.dtype)
@@ -112,4 +115,5 @@ class GPT(nn.Module):
         else:
             logits = self.lm_head(x)
         c = self.logit_softcap
-        return c * torch.tanh(logits / c)
+        logits = c * torch.tanh(logits / c)
+        return (logits, x) if return_hidden else logits

@@ -25,7 +25,7 @@ from paramgolf.optim.groups import as_rule, assign_params
 from paramgolf.optim.schedules import warmdown_lr_scale
 from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import estimate_model_bytes
-from paramgolf.runner.build import build_model, code_roots, count_params
+from paramgolf.runner.build import build_model, code_roots, count_params, export_view
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
 
@@ -62,9 +62,9 @@ def budget_report(c: Mapping[str, Any]) -> dict[str, Any]:
     counts = count_params(model)
     code = code_bytes(code_roots(c))
     drift = expected_drift_rms(model, c["optimizer"], c["train"])
-    est = estimate_model_bytes(model.state_dict(), instantiate(c["quant"]["quantizer"]),
-                               instantiate(c["quant"]["codec"]), c["arch"], seed=0, matrix_rms=drift,
-                               init_weights=model.state_dict())
+    arch, state = export_view(c["arch"], model.state_dict())  # the artifact holds no MTP heads
+    est = estimate_model_bytes(state, instantiate(c["quant"]["quantizer"]), instantiate(c["quant"]["codec"]),
+                               arch, seed=0, matrix_rms=drift, init_weights=state)
     total = code + est.model_bytes
     out = {
         "name": c["name"],

@@ -106,3 +106,12 @@ def prepare_for_device(model: nn.Module, device: torch.device, bf16_embeddings: 
             if isinstance(m, nn.Embedding):
                 m.to(torch.bfloat16)
     return model
+
+
+def export_view(arch: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The architecture and weights the artifact holds: training-only parts (MTP heads) dropped."""
+    from paramgolf.model.mtp import TRAINING_ONLY_PREFIX
+    arch = dict(arch)
+    if arch.get("mtp") is not None:
+        arch["mtp"] = None
+    return arch, {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIX)}

@@ -26,7 +26,7 @@ from paramgolf.evaluation.sliding import evaluate
 from paramgolf.quant.accounting import code_bytes as measure_code_bytes
 from paramgolf.quant.artifact import read_artifact, save_weights, write_artifact
 from paramgolf.runner import distributed as D
-from paramgolf.runner.build import (build_model, code_roots, count_params, prepare_for_device,
+from paramgolf.runner.build import (build_model, code_roots, count_params, export_view, prepare_for_device,
                                     resolve_autocast, resolve_compile)
 from paramgolf.runner.results import ResultsRecorder, git_commit
 from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer
@@ -279,8 +279,9 @@ def export_artifact(c: Mapping[str, Any], state: dict[str, torch.Tensor], path: 
     """Quantize with the configured scheme, compress with the configured codec, write the file."""
     quantizer = instantiate(c["quant"]["quantizer"])
     codec = instantiate(c["quant"]["codec"])
+    arch, state = export_view(c["arch"], state)
     qstate = quantizer.quantize(state)
-    return write_artifact(path, qstate, c["arch"], codec, meta=meta)
+    return write_artifact(path, qstate, arch, codec, meta=meta)
 
 
 def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val: ValidationSet, env: D.DistEnv,

@@ -24,6 +24,15 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
+def training_loss(model: nn.Module, train_model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The training objective: next-token CE, plus the weighted MTP loss when the model has heads."""
+    mtp = getattr(model, "mtp", None)
+    if mtp is None:
+        return lm_loss(train_model(x), y)
+    logits, hidden = train_model(x, return_hidden=True)
+    return lm_loss(logits, y) + mtp.loss(hidden, y)
+
+
 @dataclass
 class StepInfo:
     """What hooks see after each optimizer step."""
@@ -110,7 +119,7 @@ class Trainer:
             x = x.to(self.env.device, non_blocking=True)
             y = y.to(self.env.device, non_blocking=True)
             with self._autocast():
-                loss = lm_loss(self.train_model(x), y)
+                loss = training_loss(self.model, self.train_model, x, y)
             (loss / self.per_rank_micro).backward()
             total += loss.detach().double()
         all_reduce_gradients(self.params, self.env.world_size)  # the explicit sync step

@@ -152,6 +152,7 @@ OPTIONS = {
     "vr": [[], ["arch.attention.value_residual=true"]],
     "ve": [[], ["arch/value_embedding=ve128", "arch.value_embedding.dim=8", "arch.value_embedding.layers=[1,2]"]],
     "recurrence": [[], ["arch.recurrence=[0,1,0]"]],
+    "mtp": [[], ["arch/mtp=two"]],
 }
 
 
@@ -269,3 +270,33 @@ def test_record_architectures_have_their_logged_parameter_counts(record):
     with torch.device("meta"):
         model = build_model(compose(common + overrides).arch)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_mtp_heads_predict_further_tokens_and_leave_logits_alone():
+    from paramgolf.model.mtp import MTPHeads
+    mtp = MTPHeads(16, 61, logit_softcap=30.0, count=2, weight=0.15)
+    h, y = torch.randn(2, 9, 16), torch.randint(0, 61, (2, 9))
+    # zero-initialised heads give uniform predictions: loss = weight · ln V
+    assert mtp.loss(h, y).item() == pytest.approx(0.15 * torch.log(torch.tensor(61.0)).item(), rel=1e-5)
+    torch.nn.init.normal_(mtp.heads[1].weight)
+    logits1 = 30 * torch.tanh(mtp.heads[1](h[:, :7]) / 30)
+    manual = 0.15 * 0.5 * (torch.log(torch.tensor(61.0)) + F.cross_entropy(logits1.flatten(0, 1), y[:, 2:].flatten()))
+    assert torch.allclose(mtp.loss(h, y), manual, atol=1e-5)  # head 1 at t is scored on token t+3 (= y[t+2])
+    torch.manual_seed(0)
+    plain = build_model(small().arch)
+    torch.manual_seed(0)
+    with_mtp = build_model(small("arch/mtp=two").arch)
+    x = torch.randint(0, 61, (1, 8))
+    assert torch.equal(plain(x), with_mtp(x))  # the heads never touch the main logits
+
+
+def test_mtp_heads_are_absent_from_the_export():
+    from omegaconf import OmegaConf
+    from paramgolf.runner.build import export_view
+    cfg = small("arch/mtp=two")
+    model = build_model(cfg.arch)
+    arch, state = export_view(OmegaConf.to_container(cfg.arch), model.state_dict())
+    assert any(k.startswith("mtp.") for k in model.state_dict()) and not any(k.startswith("mtp.") for k in state)
+    rebuilt = build_model(arch)
+    rebuilt.load_state_dict(state, strict=True)  # the artifact's model has no heads
+    assert rebuilt.mtp is None

@@ -29,6 +29,9 @@ def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
     assert run(c, tmp_path, 0, 1) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["status"] == "ok" and r["steps"] == 2 and r["val_bpb"] > 0
+    from paramgolf.quant.artifact import read_artifact
+    art = read_artifact(tmp_path / "model.pgart")  # training-only parts never reach the artifact
+    assert not any(k.startswith("mtp.") for k in art.state_dict) and art.arch_config.get("mtp") is None
 
 
 @pytest.mark.slow
@@ -47,7 +50,8 @@ def test_ema_averaging_exports_the_averaged_weights(tmp_path):
 
 
 LOGGED_PARAMS = {"baseline": 17_059_912, "pr549": 26_928_220, "pr537": 24_634_452, "pr620": 26_829_913,
-                 "pr754": 26_809_543, "pr1263": 26_993_756}  # docs/records/*.md, model_params log lines
+                 "pr754": 26_809_543, "pr1263": 26_993_756,
+                 "pr1185": 28_087_499}  # #1185: its head code with MTP (27,038,923 exported); logs differ  # docs/records/*.md, model_params log lines
 
 
 @pytest.mark.parametrize("preset", sorted(LOGGED_PARAMS))
