@@ -59,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"arch.attention.num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
-        xsa = set(xsa_layers or []) | set(range(num_layers - xsa_last_n, num_layers))
+        xsa = set(xsa_layers or []) | set(range(max(0, num_layers - xsa_last_n), num_layers))
         if any(not 0 <= i < num_layers for i in xsa):
             raise ValueError(f"arch.attention.xsa_layers={sorted(xsa)}: layers must be in 0..{num_layers - 1}")
         self.layer, self.use_xsa = layer, layer in xsa

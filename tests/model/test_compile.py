@@ -19,14 +19,14 @@ def _fresh_dynamo():
 @pytest.mark.slow
 def test_compiled_model_equals_eager():
     torch.manual_seed(0)
-    cfg = compose(["arch.num_layers=2", "arch.model_dim=64", "arch.vocab_size=97",
-                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2"])
+    cfg = compose(["experiment=pr549", "arch.num_layers=2", "arch.model_dim=128", "arch.vocab_size=97",
+                   "arch.value_embedding.layers=[1]"])  # a small record preset, every feature on
     model = build_model(cfg.arch)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     x = torch.randint(0, 97, (2, 16))
-    compiled = torch.compile(model, dynamic=False)
+    compiled = torch.compile(model, dynamic=False, fullgraph=True)
     with torch.no_grad():
         eager, fast = model(x), compiled(x)
     assert torch.allclose(eager, fast, atol=1e-5, rtol=1e-5)
