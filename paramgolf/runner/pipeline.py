@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from paramgolf.config.compose import to_container
 from paramgolf.data.byte_table import build_byte_table
@@ -235,7 +235,6 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
             rec.update(pre_quant_val_loss=pre.val_loss, pre_quant_val_bpb=pre.val_bpb)
             log_metrics({"val/pre_quant_bpb": pre.val_bpb, "val/pre_quant_loss": pre.val_loss}, summary.steps)
             say(f"pre-quant val_loss:{pre.val_loss:.4f} val_bpb:{pre.val_bpb:.4f}")
-        del train_model, model
 
         # ---------------------------------------------------------------- quantize + compress
         stage = "export"

@@ -62,6 +62,15 @@ def test_presets_have_the_records_parameter_counts(preset):
     assert sum(p.numel() for p in model.parameters()) == LOGGED_PARAMS[preset]
 
 
+@pytest.mark.slow
+def test_periodic_validation_is_logged_and_not_counted_as_training_time(tmp_path):
+    from paramgolf.tracking.jsonl import read_metrics
+    c = to_container(compose(["experiment=smoke", *SHRINK, "train.iterations=3", "train.val_every=1"]))
+    assert run(c, tmp_path, 0, 1) == 0
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if "val/bpb" in r and "val/pre_quant_bpb" not in r][:2] == [1, 2]
+
+
 def test_vocabulary_mismatch_is_refused_at_start_up(tmp_path):
     c = to_container(compose(["experiment=smoke", "logger=none", "arch.vocab_size=256"]))
     with pytest.raises(ValueError, match="vocab"):
