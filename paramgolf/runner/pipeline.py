@@ -110,12 +110,19 @@ def load_validation(c: Mapping[str, Any], data, device: torch.device) -> Validat
     return ValidationSet(tokens, int(split.numel()), byte_table.count_stream(split), byte_table.to(device))
 
 
-def rebuild_from_artifact(path: Path, device: torch.device):
+def record_dataset(rec: ResultsRecorder, data, val: ValidationSet) -> None:
+    """What results.json says about the data: hashes, split counts and the entropy floor."""
+    rec.update(dataset=data.name, dataset_dir=str(data.data_dir), tokenizer_sha256=file_sha256(data.tokenizer_path),
+               val_shards_sha256=files_sha256(data.val_files), num_val_tokens=val.num_split_tokens,
+               num_val_bytes=val.num_split_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
+
+
+def rebuild_from_artifact(path: Path, device: torch.device) -> torch.nn.Module:
     """The scored model: built from the artifact file alone (architecture + weights)."""
     art = read_artifact(path)
     model = build_model(art.arch_config)
     model.load_state_dict(art.state_dict, strict=True)
-    return model.to(device), art
+    return model.to(device)
 
 
 def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_size: int) -> int:
@@ -152,9 +159,7 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         check_vocab(data, c["arch"]["vocab_size"])
         val = load_validation(c, data, env.device)
         val_tokens, byte_table = val.tokens, val.byte_table
-        rec.update(dataset=data.name, dataset_dir=str(data.data_dir), tokenizer_sha256=file_sha256(data.tokenizer_path),
-                   val_shards_sha256=files_sha256(data.val_files), num_val_tokens=val.num_split_tokens,
-                   num_val_bytes=val.num_split_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
+        record_dataset(rec, data, val)
         say(f"data: {data.name} train_shards:{len(data.train_files)} val_tokens:{val.num_split_tokens} "
             f"val_bytes:{val.num_split_bytes}" + (f" entropy_floor_bpb:{data.entropy_bits_per_byte:.4f}"
                                                  if data.entropy_bits_per_byte else ""))
@@ -288,7 +293,7 @@ def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val: Validat
     """Rebuild the model from the artifact alone, evaluate it and record the headline numbers."""
     val_tokens, byte_table = val.tokens, val.byte_table
     ttt, cache = instantiate(c["ttt"]), instantiate(c["eval_cache"])
-    model, _ = rebuild_from_artifact(artifact_path, env.device)
+    model = rebuild_from_artifact(artifact_path, env.device)
     model_bytes = artifact_path.stat().st_size
     code = measure_code_bytes(code_roots(c))
     artifact_bytes = model_bytes + code

@@ -18,12 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from paramgolf.config.compose import compose, to_container
-from paramgolf.data.tokenizer import file_sha256, files_sha256
 from paramgolf.quant.artifact import load_weights
 from paramgolf.runner import distributed as D
 from paramgolf.runner.build import resolve_autocast
 from paramgolf.runner.pipeline import (ARTIFACT_FILE, WEIGHTS_FILE, export_artifact, finish_from_artifact,
-                                       load_validation)
+                                       load_validation, record_dataset)
 from paramgolf.runner.results import ResultsRecorder, git_commit, read_results
 from paramgolf.runner.validate import validate_config
 from paramgolf.tracking.progress import format_summary
@@ -98,9 +97,7 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     try:
         data = instantiate(c["data"]).resolve()
         val = load_validation(c, data, env.device)
-        rec.update(dataset=data.name, dataset_dir=str(data.data_dir), tokenizer_sha256=file_sha256(data.tokenizer_path),
-                   val_shards_sha256=files_sha256(data.val_files), num_val_tokens=val.num_split_tokens,
-                   num_val_bytes=val.num_split_bytes, entropy_floor_bpb=data.entropy_bits_per_byte)
+        record_dataset(rec, data, val)
         if requantizes(overrides):
             weights = run_dir / WEIGHTS_FILE
             state, _ = load_weights(weights)
