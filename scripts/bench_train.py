@@ -22,11 +22,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
 
-    from hydra.utils import instantiate
 
     from paramgolf.config.compose import compose, to_container
-    from paramgolf.runner.build import (build_model, count_params, prepare_for_device, resolve_autocast,
-                                        resolve_compile)
+    from paramgolf.runner.build import (build_model, build_optimizer_for, count_params, prepare_for_device,
+                                        resolve_autocast, resolve_compile)
     from paramgolf.runner.distributed import DistEnv, pick_device
     from paramgolf.runner.train_loop import LoopSettings, Trainer
 
@@ -38,7 +37,7 @@ def main() -> None:
     autocast = resolve_autocast(t["autocast"], device)
     compiled = resolve_compile(t["compile"], device)
     train_model = torch.compile(model, dynamic=False, fullgraph=True) if compiled else model
-    opt = instantiate(c["optimizer"])(list(model.named_parameters()))
+    opt = build_optimizer_for(model, c["optimizer"])
     vocab, seq = c["arch"]["vocab_size"], t["seq_len"]
 
     class RandomLoader:
@@ -47,7 +46,7 @@ def main() -> None:
             return x[:, :-1], x[:, 1:]
 
     settings = LoopSettings(iterations=args.steps, batch_tokens=t["batch_tokens"], seq_len=seq,
-                            micro_batches=t["micro_batches"], warmup_steps=args.warmup, warmdown_iters=0,
+                            micro_batches=t["micro_batches"], warmup_steps=args.warmup,
                             max_wallclock_seconds=None, val_every=0, log_every=1)
     trainer = Trainer(model, train_model, opt, RandomLoader, settings, DistEnv(0, 1, 0, device), autocast)
     t0 = time.perf_counter()

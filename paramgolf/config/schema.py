@@ -127,6 +127,9 @@ class MuonAdamConfig:
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
     muon_ns_dtype: str = "auto"  # bf16 on CUDA (official), fp32 on CPU
+    muon_impl: str = "muon"  # muon (per matrix) | parallel (Parallel Muon: banks, reduce-scatter, all-gather)
+    parallel_muon_comm: str = "auto"  # auto | reduce_scatter | all_reduce (fallback for backends without it)
+    scale_shared_grads: bool = False  # depth recurrence: gradient of a core used n times × 1/n (#537)
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
@@ -269,14 +272,50 @@ class EMAConfig:
 
 
 @dataclass
+class SWAConfig:
+    _target_: str = "paramgolf.optim.averaging.SWA"
+    every: int = 50
+    start_lr_scale: Optional[float] = 0.2  # snapshot once the LR scale is below this (null: use start_step)
+    start_step: int = 0
+
+
+@dataclass
+class EMASWAConfig:
+    _target_: str = "paramgolf.optim.averaging.EMASWA"
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    swa: SWAConfig = field(default_factory=SWAConfig)
+    select: str = "ema"  # ema | swa | swa_if_snapshots | best_on_validation (test-set selection: non-compliant)
+    swa_source: str = "raw"  # raw | ema (what SWA snapshots)
+    min_snapshots: int = 2  # swa_if_snapshots: SWA needs at least this many
+
+
+@dataclass
+class WarmdownScheduleConfig:
+    _target_: str = "paramgolf.optim.schedules.WarmdownSchedule"
+    _partial_: bool = True
+    warmup_iters: int = 0  # linear LR warm-up (the baseline has none); not train.warmup_steps
+    warmdown_iters: int = 1200
+    warmdown_frac: Optional[float] = None  # instead: the last fraction of the wallclock cap (or iterations)
+    min_scale: float = 0.0
+
+
+@dataclass
+class CosineScheduleConfig:
+    _target_: str = "paramgolf.optim.schedules.CosineSchedule"
+    _partial_: bool = True
+    warmup_iters: int = 0
+    min_scale: float = 0.0  # floor: min_lr = base lr × min_scale
+
+
+@dataclass
 class TrainConfig:
     averaging: Any = MISSING
+    schedule: Any = MISSING
     iterations: int = 20_000
     batch_tokens: int = 524_288  # global tokens per optimizer step
     seq_len: int = 1024
     micro_batches: int = 8  # global micro-batches per step; each rank runs micro_batches / world_size
     warmup_steps: int = 20  # compile warm-up steps, rolled back afterwards (not an LR warm-up)
-    warmdown_iters: int = 1200
     max_wallclock_seconds: Optional[float] = 600.0  # None: stop by iterations only
     val_every: int = 0  # periodic validation (0: only at the end)
     log_every: int = 50
@@ -347,7 +386,9 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "eval": [("eval_schema", EvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
     "train": [("train_schema", TrainConfig)],
-    "train/averaging": [("none_schema", NoAveragingConfig), ("ema_schema", EMAConfig)],
+    "train/averaging": [("none_schema", NoAveragingConfig), ("ema_schema", EMAConfig), ("swa_schema", SWAConfig),
+                        ("ema_swa_schema", EMASWAConfig)],
+    "train/schedule": [("warmdown_schema", WarmdownScheduleConfig), ("cosine_schema", CosineScheduleConfig)],
     "logger": [("none_schema", NullLoggerConfig), ("wandb_schema", WandbLoggerConfig)],
 }
 

@@ -24,11 +24,14 @@ def expected_scored_tokens(method: str, num_val_tokens: int, seq_len: int) -> in
 
 
 def assess(eval_method: str, ttt: Any, eval_cache: Any, *, num_scored: int,
-           num_expected: int) -> dict[str, Any]:
+           num_expected: int, weights_selected_on_validation: bool = False) -> dict[str, Any]:
     """Verdict per rule plus `compliant` and human-readable `violations`.
 
     `ttt` and `eval_cache` are the instantiated components; each declares `name` and
     `rules_kept()`. A component without a declaration is treated as breaking every rule.
+    `weights_selected_on_validation`: the artifact's weights were chosen among candidates by
+    their validation score (PR #754's raw/EMA/SWA pick). The scored tokens then influenced the
+    artifact, which breaks causality ("depends only on the artifact and earlier tokens").
     """
     verdict = dict.fromkeys(RULES, True)
     violations: list[str] = []
@@ -45,6 +48,10 @@ def assess(eval_method: str, ttt: Any, eval_cache: Any, *, num_scored: int,
             if not ok:
                 verdict[rule] = False
                 violations.append(f"{group}={method} breaks {rule}")
+    if weights_selected_on_validation:
+        verdict["causality"] = False
+        violations.append("train.averaging.select=best_on_validation chose the weights by their validation "
+                          "score (selection on the test set)")
     if num_scored != num_expected:
         verdict["single_pass"] = False
         violations.append(f"scored {num_scored} tokens, a single pass scores {num_expected}")

@@ -88,6 +88,16 @@ class GPT(nn.Module):
         attn = self.blocks[0].attn if self.cores is None else self.cores[0].attn
         return attn.num_kv_heads * attn.head_dim
 
+    def parameter_uses(self) -> dict[str, int]:
+        """How many times each parameter runs per forward: >1 only for shared recurrence cores."""
+        uses = {name: 1 for name, _ in self.named_parameters()}
+        if self.cores is not None:
+            for c, core in enumerate(self.cores):
+                n = self.core_of.count(c)
+                for name, _ in core.named_parameters():
+                    uses[f"cores.{c}.{name}"] = n
+        return uses
+
     def forward(self, idx: Tensor, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits for every position; with `return_hidden`, also the final normed hidden state (MTP)."""
         x = self.tok_emb(idx)

@@ -3,9 +3,10 @@
 Hydra config (conf/optimizer): `_target_: paramgolf.optim.builder.build_optimizer`,
 `_partial_: true`; the runner calls `partial(model.named_parameters())`.
 
-Per training step the runner: all-reduces `grad_sync_params()` gradients (multi-process),
-`set_lr_scale(warmdown_lr_scale(...))`, `set_muon_momentum(momentum_at(step))`,
-`clip_grad_norm()`, `step()`, `zero_grad()`.
+Per training step the runner: `begin_step()` right after backward (shared-core gradient
+scaling; Parallel Muon starts its reduce-scatters), all-reduces the gradients of every
+trainable parameter not in `self_synced_params()` (multi-process), `set_lr_scale(schedule(...))`,
+`set_muon_momentum(momentum_at(step))`, `clip_grad_norm()`, `step()`, `zero_grad()`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from torch import Tensor
 
 from paramgolf.optim.groups import ParamRule, as_rule, assign_params, assignment_summary
 from paramgolf.optim.muon import Muon
+from paramgolf.optim.parallel_muon import ParallelMuon
 from paramgolf.optim.schedules import momentum_warmup
+
+MUON_IMPLS: dict[str, type[Muon]] = {"muon": Muon, "parallel": ParallelMuon}
 
 class OptimizerSet:
     """Muon for the `muon` rules and AdamW for the `adam` rules, one param group per rule.
@@ -26,6 +30,10 @@ class OptimizerSet:
     AdamW with weight_decay 0 is exactly Adam (the official baseline); a rule's weight_decay
     is decoupled (p *= 1 - lr * wd) on both optimizers. Parameters with requires_grad=False are
     left out. Rules that take nothing appear in `param_groups_summary()` with num_tensors 0.
+
+    `grad_scale` maps parameter names to a gradient multiplier applied in `begin_step()` before
+    any sync or clipping: depth recurrence's shared cores get 1/uses there when a preset asks for
+    it (#537 halves core 0, which runs twice), which also lowers their share of the clip norm.
     """
 
     def __init__(
@@ -43,6 +51,8 @@ class OptimizerSet:
         adam_eps: float = 1e-8,
         grad_clip_norm: float = 0.0,
         muon_class: type[Muon] = Muon,
+        muon_kwargs: Mapping[str, Any] | None = None,
+        grad_scale: Mapping[str, float] | None = None,
     ) -> None:
         if len(adam_betas) != 2:
             raise ValueError(f"optimizer.adam_betas must hold two numbers (beta1, beta2), got {list(adam_betas)}")
@@ -50,6 +60,13 @@ class OptimizerSet:
             raise ValueError(f"optimizer.grad_clip_norm must be >= 0 (0 disables clipping), got {grad_clip_norm}")
         self.rules = [as_rule(r) for r in rules]
         trainable = [(n, p) for n, p in named_params if p.requires_grad]
+        names = {n for n, _ in trainable}
+        unknown = sorted(set(grad_scale or {}) - names)
+        if unknown:
+            raise ValueError(f"grad_scale names parameters the model does not train: {unknown[:5]}")
+        by_name = dict(trainable)
+        self.grad_scale: list[tuple[Tensor, float]] = [
+            (by_name[n], float(f)) for n, f in (grad_scale or {}).items() if float(f) != 1.0]
         assigned = assign_params(trainable, self.rules)
         self._summary = assignment_summary(self.rules, assigned)
         self.muon_momentum = muon_momentum
@@ -81,6 +98,7 @@ class OptimizerSet:
                 backend_steps=muon_backend_steps,
                 nesterov=muon_nesterov,
                 ns_dtype=muon_ns_dtype,
+                **dict(muon_kwargs or {}),
             )
         self.adam: torch.optim.AdamW | None = None
         if adam_groups:
@@ -98,6 +116,24 @@ class OptimizerSet:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The torch optimizers in stepping order (AdamW first, so Parallel Muon can overlap it)."""
         return [opt for opt in (self.adam, self.muon) if opt is not None]
+
+    @property
+    def parallel(self) -> bool:
+        """True when Muon synchronises its own gradients (Parallel Muon)."""
+        return self.muon is not None and self.muon.syncs_own_grads
+
+    @torch.no_grad()
+    def begin_step(self) -> None:
+        """Right after backward: scale shared-core gradients; Parallel Muon starts its reduce-scatters."""
+        for p, factor in self.grad_scale:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        if self.parallel:
+            self.muon.launch_grad_sync()
+
+    def self_synced_params(self) -> list[Tensor]:
+        """Parameters whose gradients the optimizer averages across ranks itself (banked Muon)."""
+        return self.muon.owned_params() if self.parallel else []
 
     def step(self) -> None:
         for opt in self.optimizers:
@@ -132,17 +168,40 @@ class OptimizerSet:
         max_norm = self.grad_clip_norm if max_norm is None else max_norm
         if max_norm <= 0:
             return None
-        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not self.parallel:
+            return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        return self._clip_with_shards(max_norm)
+
+    @torch.no_grad()
+    def _clip_with_shards(self, max_norm: float) -> Tensor:
+        """Global-norm clipping when banked gradients exist only as per-rank averaged shards.
+
+        The replicated gradients (already averaged) count once; each rank adds the squared norms
+        of the slices it owns and one all-reduce sums them: the same norm as clipping the fully
+        averaged gradient, as the plain path does.
+        """
+        owned = {id(p) for p in self.muon.owned_params()}
+        others = [p.grad for p in self.params if p.grad is not None and id(p) not in owned]
+        shard_norms = self.muon.shard_grad_norms()
+        device = shard_norms[0].device if shard_norms else others[0].device
+        sq = torch.zeros((), device=device, dtype=torch.float32)
+        for n in shard_norms:
+            sq += n.pow(2).sum()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sq)
+        for g in others:
+            sq += torch.linalg.vector_norm(g.float()).pow(2)
+        total = sq.sqrt()
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in others:
+            g.mul_(coef.to(g.dtype))
+        self.muon.scale_shard_grads(coef)
+        return total
 
     def grad_sync_params(self) -> list[Tensor]:
         """Parameters whose gradients the runner must average across ranks before step()."""
-        return [
-            p
-            for opt in self.optimizers
-            if not getattr(opt, "syncs_own_grads", False)
-            for group in opt.param_groups
-            for p in group["params"]
-        ]
+        own = {id(p) for p in self.self_synced_params()}
+        return [p for p in self.params if id(p) not in own]
 
     def state_dict(self) -> dict[str, Any]:
         """Both optimizers' state dicts. Like torch's, they hold live tensors: deepcopy to snapshot."""
@@ -184,16 +243,30 @@ def build_optimizer(
     muon_momentum_warmup_start: float = 0.85,
     muon_momentum_warmup_steps: int = 500,
     muon_ns_dtype: str = "auto",
+    muon_impl: str = "muon",
+    parallel_muon_comm: str = "auto",
+    scale_shared_grads: bool = False,
     adam_betas: tuple[float, float] = (0.9, 0.95),
     adam_eps: float = 1e-8,
     grad_clip_norm: float = 0.0,
+    param_uses: Mapping[str, int] | None = None,
 ) -> OptimizerSet:
     """Hydra factory for OptimizerSet; defaults are the official baseline's hyperparameters.
 
     `muon_ns_dtype`: "auto" runs Newton–Schulz in bf16 on CUDA (official) and in fp32 on CPU,
     where bf16 matmuls are emulated and several times slower; or "bfloat16" / "float32".
+    `muon_impl`: "muon" (per-matrix, work shared round-robin, one all-reduce of the updates) or
+    "parallel" (Parallel Muon: banks, reduce-scatter, batched Newton–Schulz, all-gather).
+    `scale_shared_grads`: multiply the gradient of each parameter that runs `uses` times per
+    forward (depth recurrence; `param_uses` comes from the model) by 1/uses (#537).
     """
     named = list(model_named_params)
+    if muon_impl not in MUON_IMPLS:
+        raise ValueError(f"optimizer.muon_impl={muon_impl!r} is not one of {', '.join(MUON_IMPLS)}")
+    grad_scale = None
+    if scale_shared_grads:
+        grad_scale = {n: 1.0 / u for n, u in (param_uses or {}).items() if u > 1}
+    muon_kwargs = {"comm": parallel_muon_comm} if muon_impl == "parallel" else {}
     return OptimizerSet(
         named,
         list(rules),
@@ -206,6 +279,9 @@ def build_optimizer(
         adam_betas=tuple(adam_betas),
         adam_eps=adam_eps,
         grad_clip_norm=grad_clip_norm,
+        muon_class=MUON_IMPLS[muon_impl],
+        muon_kwargs=muon_kwargs,
+        grad_scale=grad_scale,
     )
 
 

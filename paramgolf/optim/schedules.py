@@ -4,6 +4,8 @@ Semantics follow the official naive baseline (`lr_mul` and the Muon momentum war
 """
 from __future__ import annotations
 
+import math
+
 
 def warmdown_lr_scale(
     step: int,
@@ -43,3 +45,96 @@ def momentum_warmup(step: int, start: float, end: float, warmup_steps: int) -> f
         return end
     frac = min(step / warmup_steps, 1.0)
     return (1.0 - frac) * start + frac * end
+
+
+def linear_warmup(step: int, warmup_iters: int) -> float:
+    """LR warm-up multiplier: (step + 1) / warmup_iters for the first warmup_iters steps, then 1."""
+    if warmup_iters <= 0 or step >= warmup_iters:
+        return 1.0
+    return (step + 1) / warmup_iters
+
+
+def _cap(max_wallclock_s: float | None) -> float | None:
+    return max_wallclock_s if max_wallclock_s is not None and max_wallclock_s > 0 else None
+
+
+class LRSchedule:
+    """An LR multiplier as a plain function of (step, elapsed training seconds).
+
+    Built by `train.schedule` (Hydra, `_partial_`) and completed by the runner with the run's
+    `iterations` and wallclock cap; `scale(step, elapsed_s)` is what every group's lr is
+    multiplied by at that step. `min_scale` is a floor: the multiplier runs from 1 down to it.
+    """
+
+    def __init__(self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0,
+                 min_scale: float = 0.0) -> None:
+        if iterations < 1:
+            raise ValueError(f"train.iterations={iterations} must be ≥ 1")
+        if warmup_iters < 0:
+            raise ValueError(f"train.schedule.warmup_iters={warmup_iters} must be ≥ 0")
+        if not 0.0 <= min_scale <= 1.0:
+            raise ValueError(f"train.schedule.min_scale={min_scale} must be in [0, 1]")
+        self.iterations = iterations
+        self.max_wallclock_s = _cap(max_wallclock_s)
+        self.warmup_iters = warmup_iters
+        self.min_scale = min_scale
+
+    def decay(self, step: int, elapsed_s: float) -> float:
+        """The decaying part in [0, 1] (1 = full LR), before warm-up and floor."""
+        raise NotImplementedError
+
+    def __call__(self, step: int, elapsed_s: float) -> float:
+        d = self.decay(step, elapsed_s)
+        return linear_warmup(step, self.warmup_iters) * (self.min_scale + (1.0 - self.min_scale) * d)
+
+
+class WarmdownSchedule(LRSchedule):
+    """Flat, then a linear ramp to the floor: the official baseline's and the records' schedule.
+
+    The ramp covers, in this order of precedence:
+    * `warmdown_frac` (0 < f ≤ 1): the last f of the wallclock cap, or of the iterations without one;
+    * `warmdown_iters`: the last N iterations, or with a wallclock cap the last N × (mean step
+      time so far) seconds, as the official scripts estimate it (`warmdown_lr_scale`).
+    """
+
+    def __init__(self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0,
+                 warmdown_iters: int = 1200, warmdown_frac: float | None = None, min_scale: float = 0.0) -> None:
+        super().__init__(iterations=iterations, max_wallclock_s=max_wallclock_s, warmup_iters=warmup_iters,
+                         min_scale=min_scale)
+        if warmdown_iters < 0:
+            raise ValueError(f"train.schedule.warmdown_iters={warmdown_iters} must be ≥ 0 (0: no warm-down)")
+        if warmdown_frac is not None and not 0.0 < warmdown_frac <= 1.0:
+            raise ValueError(f"train.schedule.warmdown_frac={warmdown_frac} must be in (0, 1] or null")
+        self.warmdown_iters = warmdown_iters
+        self.warmdown_frac = warmdown_frac
+
+    def decay(self, step: int, elapsed_s: float) -> float:
+        f = self.warmdown_frac
+        if f is None:
+            return warmdown_lr_scale(step, elapsed_s, iterations=self.iterations,
+                                     warmdown_iters=self.warmdown_iters, max_wallclock_s=self.max_wallclock_s)
+        if self.max_wallclock_s is not None:
+            span, remaining = f * self.max_wallclock_s, max(self.max_wallclock_s - elapsed_s, 0.0)
+        else:
+            span, remaining = f * self.iterations, max(self.iterations - step, 0)
+        return 1.0 if remaining >= span else remaining / span
+
+
+class CosineSchedule(LRSchedule):
+    """Half a cosine from 1 to the floor over the run (after any warm-up).
+
+    Progress is the larger of (step − warmup) / (iterations − warmup) and, with a wallclock cap,
+    elapsed / cap, so a capped run reaches the floor when time runs out.
+    """
+
+    def decay(self, step: int, elapsed_s: float) -> float:
+        span = max(self.iterations - self.warmup_iters, 1)
+        progress = min(max((step - self.warmup_iters) / span, 0.0), 1.0)
+        if self.max_wallclock_s is not None:
+            progress = max(progress, min(elapsed_s / self.max_wallclock_s, 1.0))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_table(schedule: LRSchedule, steps: list[int], step_s: float = 0.0) -> list[tuple[int, float]]:
+    """(step, scale) rows at a constant step time, for plots and for checking a config by eye."""
+    return [(s, schedule(s, s * step_s)) for s in steps]

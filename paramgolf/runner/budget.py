@@ -22,19 +22,17 @@ from hydra.utils import instantiate
 from torch import nn
 
 from paramgolf.optim.groups import as_rule, assign_params
-from paramgolf.optim.schedules import warmdown_lr_scale
 from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import estimate_model_bytes
-from paramgolf.runner.build import build_model, code_roots, count_params, export_view
+from paramgolf.runner.build import build_model, code_roots, count_params, export_view, lr_schedule_for
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
 
 
 def lr_scale_square_sum(train: Mapping[str, Any]) -> float:
     """Σ_t s_t² over the planned iterations (the wallclock cap is unknown before training)."""
-    n, wd = int(train["iterations"]), int(train["warmdown_iters"])
-    return sum(warmdown_lr_scale(t, 0.0, iterations=n, warmdown_iters=wd, max_wallclock_s=None) ** 2
-               for t in range(n))
+    schedule = lr_schedule_for({**train, "max_wallclock_seconds": None})
+    return sum(schedule(t, 0.0) ** 2 for t in range(int(train["iterations"])))
 
 
 def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],

@@ -115,3 +115,26 @@ def export_view(arch: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[dict
     if arch.get("mtp") is not None:
         arch["mtp"] = None
     return arch, {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIX)}
+
+
+def build_optimizer_for(model: nn.Module, optimizer_cfg: Mapping[str, Any]):
+    """The configured OptimizerSet over the model's parameters (with per-parameter use counts)."""
+    uses = model.parameter_uses() if hasattr(model, "parameter_uses") else None
+    return instantiate(optimizer_cfg)(list(model.named_parameters()), param_uses=uses)
+
+
+def lr_schedule_for(train: Mapping[str, Any]):
+    """The configured LR schedule, completed with the run's iterations and wallclock cap."""
+    return instantiate(train["schedule"])(iterations=train["iterations"],
+                                          max_wallclock_s=train["max_wallclock_seconds"])
+
+
+def loop_settings(train: Mapping[str, Any]):
+    """The train loop's settings from the `train` config."""
+    from paramgolf.runner.train_loop import LoopSettings
+
+    t = train
+    return LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
+                        micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
+                        max_wallclock_seconds=t["max_wallclock_seconds"], val_every=t["val_every"],
+                        log_every=t["log_every"], lr_schedule=lr_schedule_for(t))

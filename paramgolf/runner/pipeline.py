@@ -26,10 +26,10 @@ from paramgolf.evaluation.sliding import evaluate
 from paramgolf.quant.accounting import code_bytes as measure_code_bytes
 from paramgolf.quant.artifact import read_artifact, save_weights, write_artifact
 from paramgolf.runner import distributed as D
-from paramgolf.runner.build import (build_model, code_roots, count_params, export_view, prepare_for_device,
-                                    resolve_autocast, resolve_compile)
+from paramgolf.runner.build import (build_model, build_optimizer_for, code_roots, count_params, export_view,
+                                    loop_settings, prepare_for_device, resolve_autocast, resolve_compile)
 from paramgolf.runner.results import ResultsRecorder, git_commit
-from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer
+from paramgolf.runner.train_loop import StepInfo, Trainer
 from paramgolf.tracking.base import NullLogger
 from paramgolf.tracking.jsonl import MetricsJSONL
 from paramgolf.tracking.progress import TrainProgress, format_summary
@@ -53,7 +53,7 @@ class _AveragingHook:
         pass
 
     def on_step_end(self, info: StepInfo):
-        self.averaging.update(self.model, info.step)
+        self.averaging.update(self.model, info.step, info.lr_scale)
 
 
 def _say(env: D.DistEnv, msg: str, logfile: Path | None) -> None:
@@ -183,11 +183,8 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         # ---------------------------------------------------------------- train
         stage = "train"
         t = c["train"]
-        settings = LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
-                                micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
-                                warmdown_iters=t["warmdown_iters"], max_wallclock_seconds=t["max_wallclock_seconds"],
-                                val_every=t["val_every"], log_every=t["log_every"])
-        optimizers = instantiate(c["optimizer"])(list(model.named_parameters()))
+        settings = loop_settings(t)
+        optimizers = build_optimizer_for(model, c["optimizer"])
         for g in optimizers.param_groups_summary():
             if g["num_tensors"]:
                 say(f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
@@ -229,14 +226,17 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
 
         # ---------------------------------------------------------------- average + keep weights
         stage = "average"
+        averaged, pre_quant = choose_weights(averaging, model, lambda: run_evaluation(
+            model, val_tokens, byte_table, c, env, autocast_dtype, c["eval"]["progress"]), c, rec, say)
         export_state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
-                        for k, v in averaging.averaged_state_dict(model).items()}
+                        for k, v in averaged.items()}
         model.load_state_dict(export_state, strict=True)
         if main:
             save_weights(run_dir / WEIGHTS_FILE, export_state, {"steps": str(summary.steps)})
         if c["eval"]["pre_quant"]:
             stage = "pre_quant_eval"
-            pre = run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype, c["eval"]["progress"])
+            pre = pre_quant or run_evaluation(model, val_tokens, byte_table, c, env, autocast_dtype,
+                                              c["eval"]["progress"])
             rec.update(pre_quant_val_loss=pre.val_loss, pre_quant_val_bpb=pre.val_bpb)
             log_metrics({"val/pre_quant_bpb": pre.val_bpb, "val/pre_quant_loss": pre.val_loss}, summary.steps)
             say(f"pre-quant val_loss:{pre.val_loss:.4f} val_bpb:{pre.val_bpb:.4f}")
@@ -279,6 +279,48 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         D.shutdown_distributed()
 
 
+def selected_on_validation(c: Mapping[str, Any]) -> bool:
+    """The exported weights were picked by their validation score (test-set selection)."""
+    return c["train"]["averaging"].get("select") == "best_on_validation"
+
+
+def choose_weights(averaging, model, evaluate_model, c: Mapping[str, Any], rec: ResultsRecorder, say):
+    """The weights to export, and their pre-quant evaluation when it was already run.
+
+    Records in results.json which averaging produced them (`averaging`) and, with
+    `eval.pre_quant`, the val_bpb of the raw final weights (`pre_averaging_val_bpb`); the
+    averaged weights' val_bpb is `pre_quant_val_bpb`. `evaluate_model()` scores the model as it
+    currently is. An averaging that selects on validation scores every candidate and keeps the best.
+    """
+    pre_avg = None
+    if averaging.name != "none" and (c["eval"]["pre_quant"] or averaging.selects_on_validation):
+        pre_avg = evaluate_model()  # the model still holds the raw final weights
+        rec.update(pre_averaging_val_bpb=pre_avg.val_bpb, pre_averaging_val_loss=pre_avg.val_loss)
+        say(f"before averaging val_loss:{pre_avg.val_loss:.4f} val_bpb:{pre_avg.val_bpb:.4f}")
+    chosen_eval = None
+    if averaging.selects_on_validation:
+        candidates = averaging.candidates(model)
+        candidates["raw"] = {k: v.detach().clone() for k, v in candidates["raw"].items()}
+        results = {"raw": pre_avg}
+        for name, state in candidates.items():
+            if name != "raw":
+                model.load_state_dict(state, strict=True)
+                results[name] = evaluate_model()
+        chosen = min(results, key=lambda n: results[n].val_bpb)
+        averaging.chosen = chosen
+        averaged, chosen_eval = candidates[chosen], results[chosen]
+        scores = {n: r.val_bpb for n, r in results.items()}
+        say(f"averaging: chose {chosen} by validation score {scores} (selection on the test set: non-compliant)")
+        info = {**averaging.describe(), "selected_on_validation": True, "candidates_val_bpb": scores}
+    else:
+        averaged = averaging.averaged_state_dict(model)
+        info = {**averaging.describe(), "selected_on_validation": False}
+    rec.update(averaging=info)
+    if averaging.name != "none":
+        say(f"averaging: {info['method']}" + (f" → {info['chosen']}" if info.get("chosen") else ""))
+    return averaged, chosen_eval
+
+
 def export_artifact(c: Mapping[str, Any], state: dict[str, torch.Tensor], path: Path, meta: dict) -> int:
     """Quantize with the configured scheme, compress with the configured codec, write the file."""
     quantizer = instantiate(c["quant"]["quantizer"])
@@ -305,7 +347,8 @@ def finish_from_artifact(c: Mapping[str, Any], artifact_path: Path, val: Validat
     es = eval_settings(c)
     verdict = compliance.assess(es["method"], ttt, cache, num_scored=r.num_tokens,
                                 num_expected=compliance.expected_scored_tokens(es["method"], val.num_split_tokens,
-                                                                               es["seq_len"]))
+                                                                               es["seq_len"]),
+                                weights_selected_on_validation=selected_on_validation(c))
     floor = rec.data.get("entropy_floor_bpb")
     rec.update(val_bpb=r.val_bpb, val_loss=r.val_loss, eval_time_s=r.eval_time_s,
                eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride, "ttt": ttt.name,

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramgolf.optim.schedules import warmdown_lr_scale
 from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_reduce_scalar
 
 
@@ -56,10 +55,10 @@ class LoopSettings:
     seq_len: int
     micro_batches: int
     warmup_steps: int
-    warmdown_iters: int
     max_wallclock_seconds: float | None
     val_every: int
     log_every: int
+    lr_schedule: Callable[[int, float], float] = lambda step, elapsed_s: 1.0  # (step, elapsed s) -> LR scale
 
 
 @dataclass
@@ -104,6 +103,9 @@ class Trainer:
         self.hooks = hooks or []
         self.per_rank_micro, self.micro_tokens = micro_batch_plan(settings, env.world_size)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # Gradients the runner averages; an optimizer that syncs some itself (Parallel Muon) keeps those.
+        own = {id(p) for p in getattr(optimizers, "self_synced_params", list)()}
+        self.sync_params = [p for p in self.params if id(p) not in own]
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -122,7 +124,10 @@ class Trainer:
                 loss = training_loss(self.model, self.train_model, x, y)
             (loss / self.per_rank_micro).backward()
             total += loss.detach().double()
-        all_reduce_gradients(self.params, self.env.world_size)  # the explicit sync step
+        begin = getattr(self.opt, "begin_step", None)
+        if begin is not None:
+            begin()  # shared-grad scaling; Parallel Muon launches its reduce-scatters here
+        all_reduce_gradients(self.sync_params, self.env.world_size)  # the explicit sync step
         self.opt.set_lr_scale(lr_scale)
         self.opt.set_muon_momentum(momentum)
         self.opt.clip_grad_norm()
@@ -161,8 +166,7 @@ class Trainer:
         t0 = time.perf_counter()
         while step < s.iterations:
             now = elapsed + (time.perf_counter() - t0)
-            lr_scale = warmdown_lr_scale(step, now, iterations=s.iterations,
-                                         warmdown_iters=s.warmdown_iters, max_wallclock_s=cap)
+            lr_scale = s.lr_schedule(step, now)
             momentum = self.opt.momentum_at(step)
             for h in self.hooks:
                 h.on_step_start(step, now, lr_scale)

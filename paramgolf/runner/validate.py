@@ -10,9 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
-from paramgolf.optim.groups import as_rule, assign_params
-from paramgolf.runner.build import build_model, instantiate_unwrapped
-from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
+from paramgolf.runner.build import build_model, build_optimizer_for, instantiate_unwrapped, loop_settings
+from paramgolf.runner.train_loop import micro_batch_plan
 
 
 def validate_config(c: Mapping[str, Any], world_size: int) -> None:
@@ -23,10 +22,7 @@ def validate_config(c: Mapping[str, Any], world_size: int) -> None:
             raise ValueError(f"train.{key}={t[key]} must be ≥ 1")
     if t["max_wallclock_seconds"] is not None and t["max_wallclock_seconds"] < 0:
         raise ValueError(f"train.max_wallclock_seconds={t['max_wallclock_seconds']} must be ≥ 0 (0 or null: no cap)")
-    micro_batch_plan(LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
-                                  micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
-                                  warmdown_iters=t["warmdown_iters"], max_wallclock_seconds=t["max_wallclock_seconds"],
-                                  val_every=t["val_every"], log_every=t["log_every"]), world_size)
+    micro_batch_plan(loop_settings(t), world_size)  # also builds the LR schedule, which checks its keys
     seq_len = e["seq_len"] or t["seq_len"]
     if seq_len < 1:
         raise ValueError(f"eval.seq_len={seq_len} must be ≥ 1")
@@ -36,7 +32,7 @@ def validate_config(c: Mapping[str, Any], world_size: int) -> None:
         raise ValueError(f"budget_bytes={c['budget_bytes']} must be positive")
     with torch.device("meta"):
         model = build_model(c["arch"])
-    assign_params(list(model.named_parameters()), [as_rule(r) for r in c["optimizer"]["rules"]])
+    build_optimizer_for(model, c["optimizer"])  # rules cover every parameter; options are known
     for key in ("data", "logger", "ttt", "eval_cache"):
         instantiate_unwrapped(c[key])
     for group, key in (("quant", "quantizer"), ("quant", "codec"), ("train", "averaging")):

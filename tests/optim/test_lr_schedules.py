@@ -1,9 +1,12 @@
-"""Warm-down and momentum warm-up values at hand-picked points."""
+"""LR schedules (warm-up, warm-down by iterations / wallclock / fraction, cosine) and momentum warm-up."""
 from __future__ import annotations
+
+import math
 
 import pytest
 
-from paramgolf.optim.schedules import momentum_warmup, warmdown_lr_scale
+from paramgolf.optim.schedules import (CosineSchedule, WarmdownSchedule, linear_warmup, momentum_warmup,
+                                       schedule_table, warmdown_lr_scale)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +52,64 @@ def test_momentum_warmup(step, expected):
 
 def test_momentum_warmup_disabled():
     assert momentum_warmup(0, 0.85, 0.95, 0) == 0.95
+
+
+# ---------------------------------------------------------------- schedule objects (train.schedule)
+def test_warmdown_schedule_with_warmup_and_floor():
+    s = WarmdownSchedule(iterations=100, max_wallclock_s=None, warmup_iters=4, warmdown_iters=20, min_scale=0.1)
+    assert [s(i, 0.0) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert s(50, 0.0) == 1.0
+    assert s(90, 0.0) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway down the ramp, floor 0.1
+    assert s(100, 0.0) == pytest.approx(0.1)
+    assert linear_warmup(10, 0) == 1.0
+
+
+def test_warmdown_frac_of_the_wallclock_and_of_the_iterations():
+    s = WarmdownSchedule(iterations=10_000, max_wallclock_s=600.0, warmdown_frac=0.25)
+    assert s(10, 400.0) == 1.0  # 200 s left ≥ 150 s
+    assert s(10, 525.0) == pytest.approx(0.5)  # 75 of the last 150 s left
+    assert s(10, 700.0) == 0.0
+    t = WarmdownSchedule(iterations=200, max_wallclock_s=None, warmdown_frac=0.25)
+    assert t(150, 0.0) == 1.0 and t(175, 0.0) == pytest.approx(0.5)
+
+
+def test_wallclock_warmdown_uses_the_running_step_average():
+    s = WarmdownSchedule(iterations=20_000, max_wallclock_s=600.0, warmdown_iters=3500)
+    # 0.1 s/step so far: warm-down spans the last 350 s; at 425 s, 175 s remain
+    assert s(4250, 425.0) == pytest.approx(0.5)
+    assert s(2000, 200.0) == 1.0
+
+
+def test_cosine_decay_with_floor_over_iterations_and_wallclock():
+    s = CosineSchedule(iterations=110, max_wallclock_s=None, warmup_iters=10, min_scale=0.2)
+    assert s(0, 0.0) == pytest.approx(0.1)  # warm-up 1/10
+    assert s(10, 0.0) == pytest.approx(1.0)
+    assert s(60, 0.0) == pytest.approx(0.2 + 0.8 * 0.5)  # halfway
+    assert s(110, 0.0) == pytest.approx(0.2)
+    capped = CosineSchedule(iterations=10**6, max_wallclock_s=100.0)
+    assert capped(5, 25.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))  # time is the binding progress
+    rows = schedule_table(s, [10, 60, 110])
+    assert [r[0] for r in rows] == [10, 60, 110] and rows[-1][1] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("cls, kwargs, key", [
+    (WarmdownSchedule, dict(warmdown_frac=1.5), "warmdown_frac"),
+    (WarmdownSchedule, dict(warmdown_iters=-1), "warmdown_iters"),
+    (CosineSchedule, dict(min_scale=2.0), "min_scale"),
+    (CosineSchedule, dict(warmup_iters=-3), "warmup_iters"),
+])
+def test_bad_schedule_settings_name_the_key(cls, kwargs, key):
+    with pytest.raises(ValueError, match=f"train.schedule.{key}"):
+        cls(iterations=10, max_wallclock_s=None, **kwargs)
+
+
+def test_schedule_group_builds_through_hydra():
+    from paramgolf.config.compose import compose, to_container
+    from paramgolf.runner.build import lr_schedule_for
+
+    c = to_container(compose(["train/schedule=cosine", "train.schedule.min_scale=0.05", "train.iterations=100",
+                              "train.max_wallclock_seconds=null"]))
+    s = lr_schedule_for(c["train"])
+    assert isinstance(s, CosineSchedule) and s(100, 0.0) == pytest.approx(0.05)
+    d = lr_schedule_for(to_container(compose([]))["train"])
+    assert isinstance(d, WarmdownSchedule) and d.warmdown_iters == 1200 and d.max_wallclock_s == 600.0

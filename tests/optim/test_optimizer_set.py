@@ -12,6 +12,7 @@ from torch import nn
 from paramgolf.optim.builder import OptimizerSet, build_optimizer
 from paramgolf.optim.groups import BASELINE_RULES, baseline_rules
 from paramgolf.optim.muon import Muon
+from paramgolf.optim.parallel_muon import ParallelMuon
 
 
 def tiny_model(tied: bool = True) -> nn.Module:
@@ -169,12 +170,10 @@ def test_grad_sync_params_and_frozen_params():
     synced = {id(p) for p in opt.grad_sync_params()}
     assert synced == {id(p) for p in model.parameters() if p.requires_grad}
 
-    class SelfSyncingMuon(Muon):
-        syncs_own_grads = True
-
-    opt = make_set(model, muon_class=SelfSyncingMuon)
+    opt = make_set(model, muon_class=ParallelMuon)  # banked Muon averages its own gradients
     synced = {id(p) for p in opt.grad_sync_params()}
     assert id(model.blocks[0].attn.c_q.weight) not in synced and id(model.tok_emb.weight) in synced
+    assert {id(p) for p in opt.self_synced_params()} == {id(p) for p in opt.muon.owned_params()}
 
 
 def test_hydra_partial_factory():

@@ -169,6 +169,26 @@ def test_torchrun_ranks_share_one_run_dir(tmp_path, cache):
     assert r["world_size"] == 2 and r["status"] == "ok"
 
 
+def test_parallel_muon_trains_smoke_under_torchrun_and_matches_one_process_muon(tmp_path, cache):
+    """optimizer=parallel_muon, 2 ranks under torchrun (gloo) vs per-matrix Muon on 1 process: same weights."""
+    from paramgolf.quant.artifact import load_weights
+    opt = ["optimizer=parallel_muon", "optimizer.muon_ns_dtype=float32", "train.iterations=3"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "paramgolf.cli.train"]
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    two_dir.mkdir()
+    one_dir.mkdir()
+    train(two_dir, cache, *TINY, *opt, cmd=cmd, timeout=600)
+    train(one_dir, cache, *TINY, *opt, "optimizer.muon_impl=muon", "hydra.run.dir=outputs/runs/one")
+    two_run, one_run = run_dirs(two_dir)[0], one_dir / "outputs" / "runs" / "one"
+    r = json.loads((two_run / "results.json").read_text())
+    assert r["world_size"] == 2 and r["status"] == "ok" and r["config"]["optimizer"]["muon_impl"] == "parallel"
+    two, _ = load_weights(two_run / "weights.safetensors")
+    one, _ = load_weights(one_run / "weights.safetensors")
+    worst = max(float((two[k] - one[k]).norm() / one[k].norm().clamp_min(1e-30)) for k in one)
+    assert worst <= 1e-5, worst
+
+
 def test_budget_estimate_is_within_10_percent_of_the_real_run(smoke_run):
     from paramgolf.config.compose import compose, to_container
     from paramgolf.runner.budget import budget_report

@@ -49,6 +49,34 @@ def test_ema_averaging_exports_the_averaged_weights(tmp_path):
     assert r["config"]["train"]["averaging"]["decay"] == 0.5 and r["status"] == "ok"
 
 
+@pytest.mark.slow
+def test_validation_selected_averaging_is_recorded_and_labelled_non_compliant(tmp_path):
+    c = to_container(compose(["experiment=smoke", *SHRINK, "train.iterations=4", "train/averaging=ema_swa",
+                              "train.averaging.select=best_on_validation", "train.averaging.swa.every=1",
+                              "train.averaging.swa.start_lr_scale=1.0", "train.averaging.ema.decay=0.5"]))
+    assert run(c, tmp_path, 0, 1) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    a = r["averaging"]
+    assert a["method"] == "ema_swa" and a["selected_on_validation"] is True
+    assert set(a["candidates_val_bpb"]) == {"raw", "ema", "swa"}
+    assert a["chosen"] == min(a["candidates_val_bpb"], key=a["candidates_val_bpb"].get)
+    assert a["swa"]["snapshots"] == 4  # steps 1-4 at every=1 under a threshold of 1.0 (the warm-down has begun)
+    assert r["pre_averaging_val_bpb"] == pytest.approx(a["candidates_val_bpb"]["raw"])
+    assert r["pre_quant_val_bpb"] == pytest.approx(a["candidates_val_bpb"][a["chosen"]])
+    assert r["compliance"]["compliant"] is False
+    assert any("best_on_validation" in v for v in r["compliance"]["violations"])
+
+
+@pytest.mark.slow
+def test_rule_chosen_averaging_stays_compliant_and_records_before_and_after(tmp_path):
+    c = to_container(compose(["experiment=smoke", *SHRINK, "train/averaging=ema_swa"]))
+    assert run(c, tmp_path, 0, 1) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["averaging"]["chosen"] == "ema" and r["averaging"]["selected_on_validation"] is False
+    assert r["compliance"]["compliant"] is True
+    assert r["pre_averaging_val_bpb"] > 0 and r["pre_quant_val_bpb"] > 0
+
+
 LOGGED_PARAMS = {"baseline": 17_059_912, "pr549": 26_928_220, "pr537": 24_634_452, "pr620": 26_829_913,
                  "pr754": 26_809_543, "pr1263": 26_993_756,
                  "pr1185": 28_087_499}  # #1185: its head code with MTP (27,038,923 exported); logs differ  # docs/records/*.md, model_params log lines

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from paramgolf.config.compose import compose, to_container
-from paramgolf.runner.build import build_model
+from paramgolf.optim.schedules import WarmdownSchedule
+from paramgolf.runner.build import build_model, build_optimizer_for
 from paramgolf.runner.distributed import DistEnv
 from paramgolf.runner.train_loop import LoopSettings, Trainer, micro_batch_plan
 
@@ -37,9 +37,10 @@ def make_trainer(warmup=0, iterations=4, cap=None, hooks=None, micro_batches=2, 
                               "arch.attention.num_heads=2", "arch.attention.num_kv_heads=1"]))
     torch.manual_seed(0)
     model = build_model(c["arch"])
-    opt = instantiate(c["optimizer"])(list(model.named_parameters()))
+    opt = build_optimizer_for(model, c["optimizer"])
+    schedule = WarmdownSchedule(iterations=iterations, max_wallclock_s=cap, warmdown_iters=2)
     s = LoopSettings(iterations=iterations, batch_tokens=256, seq_len=32, micro_batches=micro_batches,
-                     warmup_steps=warmup, warmdown_iters=2, max_wallclock_seconds=cap, val_every=0, log_every=1)
+                     warmup_steps=warmup, max_wallclock_seconds=cap, val_every=0, log_every=1, lr_schedule=schedule)
     return Trainer(model, model, opt, loader, s, DistEnv(0, 1, 0, torch.device("cpu")), hooks=hooks)
 
 
