@@ -2,8 +2,10 @@
 
 Uses the Muon matrices of a preset's model (default pr754: 22×512², 22×256×512, 11×1536×512,
 11×512×1536), random gradients, and times `step()` of both optimizers alternately in one
-process so that machine noise hits both alike. Newton–Schulz runs in the preset's dtype rule
-(`auto`: bf16 on CUDA, fp32 on CPU) unless `--ns-dtype` says otherwise.
+process so that machine noise hits both alike. With several processes the Muon time includes
+the gradient all-reduce the runner does before its step (Parallel Muon's step does its own
+reduce-scatter). Newton–Schulz runs in the preset's dtype rule (`auto`: bf16 on CUDA, fp32 on
+CPU) unless `--ns-dtype` says otherwise.
 
     python scripts/bench_muon.py                       # pr754 shapes on the current device
     python scripts/bench_muon.py --preset pr1263 --steps 5 --ns-dtype bfloat16
@@ -35,11 +37,13 @@ def main() -> None:
     from paramgolf.optim.muon import Muon
     from paramgolf.optim.parallel_muon import ParallelMuon
     from paramgolf.runner.build import build_model
+    from paramgolf.runner.distributed import all_reduce_gradients
 
     if "LOCAL_RANK" in os.environ:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
     local = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
@@ -70,6 +74,8 @@ def main() -> None:
             p.grad = g.clone()
         sync()
         t0 = time.perf_counter()
+        if name == "muon":  # the runner averages plain Muon's gradients first; Parallel Muon does its own
+            all_reduce_gradients(params, world)
         opt.step()
         sync()
         return time.perf_counter() - t0
