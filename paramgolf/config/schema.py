@@ -170,9 +170,57 @@ class LzmaConfig:
 
 
 @dataclass
+class QuantRuleConfig:
+    name: str = MISSING
+    scheme: str = MISSING  # fp32 | fp16 | bf16 | int
+    pattern: Optional[str] = None  # regex searched in the tensor name
+    min_numel: Optional[int] = None
+    max_numel: Optional[int] = None
+    ndim: Optional[int] = None
+    bits: int = 8
+    clip: str = "quantile"  # rowmax | quantile | search (GPTQ-lite) | gptq (full GPTQ)
+    clip_quantile: float = 0.9999984
+    clip_candidates: list[float] = field(default_factory=lambda: [0.999, 0.9995, 0.9999, 0.99999, 1.0])
+    search_per_row: bool = False
+    scale_floor: Optional[float] = None  # the records floor the scale at 1/qmax
+
+
+@dataclass
+class MixedQuantizerConfig:
+    _target_: str = "paramgolf.quant.mixed.MixedQuantizer"
+    table: list[QuantRuleConfig] = field(default_factory=list)
+    prune_fraction: float = 0.0
+    prune_scope: str = "per_tensor"  # per_tensor (#537) | global (#620)
+    prune_min_numel: int = 65537
+    prune_ndim: int = 2
+    gptq_block_size: int = 128
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+
+
+@dataclass
+class QATConfig:
+    enabled: bool = False
+    start_lr_scale: Optional[float] = 0.15  # null: from the first step
+
+
+@dataclass
+class CalibrationConfig:
+    source: str = "train"  # train | self_generated (validation data is refused)
+    batches: int = 32
+    batch_seqs: int = 8
+    seq_len: Optional[int] = None  # null: train.seq_len
+    temperature: float = 1.0  # self_generated sampling
+
+
+@dataclass
 class QuantConfig:
     quantizer: Any = MISSING
     codec: Any = MISSING
+    packing: str = "auto"  # auto (measure both, keep the smaller) | int8 (containers) | bits (packed)
+    keep_float_max_numel: int = 65536  # tensors this small stay floats; quantizer configs interpolate it
+    qat: QATConfig = field(default_factory=QATConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 # ---------------------------------------------------------------- ttt / eval_cache / eval
@@ -379,7 +427,7 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
     "optimizer": [("muon_adam_schema", MuonAdamConfig)],
     "quant": [("quant_schema", QuantConfig)],
-    "quant/quantizer": [("int8_row_schema", Int8PerRowConfig)],
+    "quant/quantizer": [("mixed_schema", MixedQuantizerConfig), ("int8_row_schema", Int8PerRowConfig)],
     "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig)],
     "ttt": [("none_schema", NoTTTConfig)],
     "eval_cache": [("none_schema", NoEvalCacheConfig)],

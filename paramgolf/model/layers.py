@@ -34,5 +34,10 @@ class CastedLinear(nn.Linear):
         if zero_init:
             nn.init.zeros_(self.weight)
 
+    # A training-time weight transform (QAT's fake quantization sets it; paramgolf.quant.qat).
+    # None: the layer uses its weight as is. Not part of the state dict.
+    weight_fn = None
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.weight_fn is None else self.weight_fn(self.weight)
+        return F.linear(x, w.to(x.dtype))

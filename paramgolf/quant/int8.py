@@ -46,12 +46,26 @@ def _abs_quantile_and_max(x: Tensor, q: float) -> tuple[Tensor, Tensor]:
         raise ValueError(f"abs_quantile_rows needs a 2-D tensor with columns, got shape {tuple(x.shape)}")
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile must be in [0, 1], got {q}")
-    a = x.float().abs()
-    n = a.shape[1]
-    # Same float32 rank arithmetic as torch.quantile's linear interpolation.
+    return abs_quantile_with_plan(x, quantile_plan(q, x.shape[1]))
+
+
+def quantile_plan(q: float, n: int) -> tuple[int, int, float]:
+    """(lower index, upper index, interpolation weight) of the `q` quantile of n sorted values.
+
+    The same float32 rank arithmetic as torch.quantile's linear interpolation. Computed once,
+    outside any compiled region, so QAT can reuse it as constants.
+    """
     rank = torch.tensor(q, dtype=torch.float32) * (n - 1)
     lo, hi = int(rank.floor()), int(rank.ceil())
-    weight = (rank - lo).reshape(1)
+    return lo, hi, float(rank - lo)
+
+
+def abs_quantile_with_plan(x: Tensor, plan: tuple[int, int, float]) -> tuple[Tensor, Tensor]:
+    """(per-row quantile of |x| at a precomputed plan, per-row max of |x|)."""
+    lo, hi, w = plan
+    a = x.float().abs()
+    n = a.shape[1]
+    weight = torch.full((1,), w, dtype=torch.float32, device=a.device)
     if n - lo <= _TOPK_LIMIT:
         top = torch.topk(a, n - lo, dim=1, sorted=True).values  # descending, NaN first
         below, above, largest = top[:, n - 1 - lo], top[:, n - 1 - hi], top[:, 0]

@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from paramgolf.config.compose import compose, to_container
 from paramgolf.quant.artifact import load_weights
 from paramgolf.runner import distributed as D
-from paramgolf.runner.build import resolve_autocast
-from paramgolf.runner.pipeline import (ARTIFACT_FILE, WEIGHTS_FILE, export_artifact, finish_from_artifact,
+from paramgolf.runner.build import build_model, resolve_autocast
+from paramgolf.runner.pipeline import (ARTIFACT_FILE, WEIGHTS_FILE, calibrate, export_artifact, finish_from_artifact,
                                        load_validation, record_dataset)
 from paramgolf.runner.results import ResultsRecorder, git_commit, read_results
 from paramgolf.runner.validate import validate_config
@@ -102,8 +102,19 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
             weights = run_dir / WEIGHTS_FILE
             state, _ = load_weights(weights)
             artifact = out_dir / ARTIFACT_FILE
-            export_artifact(c, state, artifact, meta={"requantized_from": str(weights)})
-            say(f"re-quantized {weights} → {artifact}")
+            quantizer = instantiate(c["quant"]["quantizer"])
+            autocast = resolve_autocast(c["train"]["autocast"], env.device)
+            model = build_model(c["arch"])
+            model.load_state_dict(state, strict=True)
+            model = model.to(env.device)
+            hessians, calib_s = calibrate(c, quantizer, data, model, state, env.device, autocast, say)
+            if hessians is not None:
+                rec.update(calibration_time_s=calib_s)
+            report = export_artifact(c, state, artifact, meta={"requantized_from": str(weights)},
+                                     hessians=hessians, quantizer=quantizer)
+            rec.update(quant=report)
+            say(f"re-quantized {weights} → {artifact} ({report['quantizer']} + {report['codec']}, "
+                f"{report['packing']} packing)")
         rec.update(requantized=requantizes(overrides))
         measured = finish_from_artifact(c, artifact, val, env, resolve_autocast(c["train"]["autocast"], env.device),
                                         rec, lambda *a, **k: None, say, step=0)

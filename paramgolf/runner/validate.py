@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
+from paramgolf.quant.export import PACKINGS
 from paramgolf.runner.build import build_model, build_optimizer_for, instantiate_unwrapped, loop_settings
 from paramgolf.runner.train_loop import micro_batch_plan
 
@@ -37,3 +38,20 @@ def validate_config(c: Mapping[str, Any], world_size: int) -> None:
         instantiate_unwrapped(c[key])
     for group, key in (("quant", "quantizer"), ("quant", "codec"), ("train", "averaging")):
         instantiate_unwrapped(c[group][key])
+    q = c["quant"]
+    if q["packing"] not in PACKINGS:
+        raise ValueError(f"quant.packing={q['packing']!r} is not one of {', '.join(PACKINGS)}")
+    cal = q["calibration"]
+    if cal["source"] not in ("train", "self_generated"):
+        from paramgolf.runner.pipeline import calibration_source_error
+        raise ValueError(calibration_source_error(cal["source"]))
+    if cal["batches"] < 1 or cal["batch_seqs"] < 1:
+        raise ValueError(f"quant.calibration.batches={cal['batches']} and batch_seqs={cal['batch_seqs']} must be ≥ 1")
+    if q["qat"]["enabled"]:
+        quantizer = instantiate_unwrapped(q["quantizer"])
+        if not hasattr(quantizer, "fake_quantizer"):
+            raise ValueError(f"quant.qat.enabled=true needs a rule-table quantizer (e.g. quant=int6_rtn); "
+                             f"quant.quantizer is {type(quantizer).__name__}")
+        s = q["qat"]["start_lr_scale"]
+        if s is not None and not 0.0 < s <= 1.0:
+            raise ValueError(f"quant.qat.start_lr_scale={s} must be in (0, 1] or null (from the first step)")

@@ -108,6 +108,20 @@ def test_eval_reproduces_the_headline_from_the_artifact_and_requantizes(smoke_ru
     assert s["eval"]["num_tokens"] > r["eval"]["num_tokens"] and s["compliance"]["compliant"]
 
 
+def test_eval_requantizes_with_full_gptq_calibrated_on_training_batches(smoke_run, tmp_path, cache):
+    r = json.loads((smoke_run / "results.json").read_text())
+    out = tmp_path / "gptq"
+    subprocess.run([sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "quant=int6_gptq",
+                    "quant.calibration.batches=4", "eval.progress=false", "--out", str(out)], check=True,
+                   env=_env(tmp_path, cache), cwd=tmp_path, capture_output=True, timeout=300)
+    g = json.loads((out / "results.json").read_text())
+    assert g["requantized"] is True and g["calibration_time_s"] > 0
+    assert g["round_trip_gap_bpb"] == pytest.approx(g["val_bpb"] - r["pre_quant_val_bpb"])
+    methods = {v["method"] for v in g["quant"]["tensor_info"].values()}
+    assert methods == {"gptq"}  # every attention/MLP matrix got its Hessian
+    assert g["quant"]["groups"]["attn_mlp"]["schemes"] == ["intn_row6"]
+
+
 def test_over_budget_run_keeps_its_results_and_exits_nonzero(tmp_path, cache):
     proc = train(tmp_path, cache, *TINY, "train.iterations=2", "budget_bytes=1000", check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]

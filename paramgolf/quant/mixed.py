@@ -1,0 +1,315 @@
+"""The records' export quantizer: a readable name → scheme table, optional pruning, GPTQ.
+
+`quant.quantizer.table` is a list of rules; the first rule that matches a tensor decides how it
+is stored (same first-match semantics as the optimizer's parameter rules). A rule matches when
+every condition it sets holds: `pattern` (regex searched in the name), `min_numel`,
+`max_numel`, `ndim`. Schemes:
+
+* `fp32`, `fp16`, `bf16`: kept as floats (cast back to the original dtype on load);
+* `int`: symmetric per-row integers at `bits` (2..8) with one fp16 scale per row (dim 0; other
+  dims flattened). The clip value per row comes from `clip`:
+  - `rowmax`: the row's max |w| (#537);
+  - `quantile`: the `clip_quantile` of the row's |w| (the baseline's int8, #620's int6);
+  - `search`: GPTQ-lite — the candidate quantile (`clip_candidates`) with the lowest
+    reconstruction error, one per tensor (#549, #754, #1185) or per row (`search_per_row`);
+  - `gptq`: full GPTQ (#1263) with a Hessian from calibration activations; tensors without a
+    Hessian fall back to `search`.
+  `scale_floor` reproduces the records' floor on the scale (1/qmax), off by default.
+
+Non-float tensors are stored exactly. Magnitude pruning (#537 per tensor, #620 global) zeroes
+the smallest `prune_fraction` of |w| in the tensors it covers before quantization.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from paramgolf.quant.int8 import abs_quantile_with_plan, quantile_plan
+from paramgolf.quant.intn import qmax, round_trip_rows, row_abs_max
+from paramgolf.quant.schemes import QuantizedTensor, dtype_name, register_scheme, _part
+
+FLOAT_SCHEMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEMES = ("fp32", "fp16", "bf16", "int")
+CLIPS = ("rowmax", "quantile", "search", "gptq")
+DEFAULT_CANDIDATES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
+
+
+@dataclass
+class QuantRule:
+    """One row of the table: which tensors (conditions) and how they are stored."""
+
+    name: str
+    scheme: str
+    pattern: str | None = None
+    min_numel: int | None = None
+    max_numel: int | None = None
+    ndim: int | None = None
+    bits: int = 8
+    clip: str = "quantile"
+    clip_quantile: float = 0.9999984
+    clip_candidates: Sequence[float] = DEFAULT_CANDIDATES
+    search_per_row: bool = False
+    scale_floor: float | None = None
+
+    def __post_init__(self) -> None:
+        where = f"quant.quantizer.table rule {self.name!r}"
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"{where}: scheme={self.scheme!r} is not one of {', '.join(SCHEMES)}")
+        if self.scheme == "int":
+            if not 2 <= self.bits <= 8:
+                raise ValueError(f"{where}: bits={self.bits} must be between 2 and 8")
+            if self.clip not in CLIPS:
+                raise ValueError(f"{where}: clip={self.clip!r} is not one of {', '.join(CLIPS)}")
+            if not 0.0 < self.clip_quantile <= 1.0:
+                raise ValueError(f"{where}: clip_quantile={self.clip_quantile} must be in (0, 1]")
+            if not self.clip_candidates or not all(0.0 < q <= 1.0 for q in self.clip_candidates):
+                raise ValueError(f"{where}: clip_candidates={list(self.clip_candidates)} must be quantiles in (0, 1]")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"{where}: pattern {self.pattern!r} is not a valid regex ({e})") from e
+
+    def matches(self, name: str, t: Tensor) -> bool:
+        return ((self.pattern is None or re.search(self.pattern, name) is not None)
+                and (self.min_numel is None or t.numel() >= self.min_numel)
+                and (self.max_numel is None or t.numel() <= self.max_numel)
+                and (self.ndim is None or t.dim() == self.ndim))
+
+    @property
+    def label(self) -> str:
+        return f"int{self.bits}/{self.clip}" if self.scheme == "int" else self.scheme
+
+
+def as_quant_rule(r: QuantRule | Mapping[str, Any]) -> QuantRule:
+    if isinstance(r, QuantRule):
+        return r
+    known = {f for f in QuantRule.__dataclass_fields__}
+    unknown = sorted(set(r) - known)
+    if unknown:
+        raise ValueError(f"quant.quantizer.table rule {r.get('name')!r}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return QuantRule(**dict(r))
+
+
+@dataclass
+class QuantReport:
+    """Per-tensor decisions of the last `quantize()` call (for results.json and tests)."""
+
+    rule_of: dict[str, str] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)  # zeroed elements per tensor
+    clipped: dict[str, int] = field(default_factory=dict)  # elements beyond qmax · scale per tensor
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)  # clip search / GPTQ details
+
+
+class MixedQuantizer:
+    """Quantize a state dict by the first matching rule of `table` (see the module docstring)."""
+
+    def __init__(self, table: Sequence[QuantRule | Mapping[str, Any]], prune_fraction: float = 0.0,
+                 prune_scope: str = "per_tensor", prune_min_numel: int = 65537, prune_ndim: int = 2,
+                 gptq_block_size: int = 128, gptq_damp: float = 0.01, gptq_act_order: bool = True) -> None:
+        self.table = [as_quant_rule(r) for r in table]
+        if not self.table:
+            raise ValueError("quant.quantizer.table is empty: add rules, ending with a catch-all (no conditions)")
+        names = [r.name for r in self.table]
+        if len(set(names)) != len(names):
+            raise ValueError(f"quant.quantizer.table has duplicate rule names: {names}")
+        if not 0.0 <= prune_fraction < 1.0:
+            raise ValueError(f"quant.quantizer.prune_fraction={prune_fraction} must be in [0, 1)")
+        if prune_scope not in ("per_tensor", "global"):
+            raise ValueError(f"quant.quantizer.prune_scope={prune_scope!r} must be per_tensor or global")
+        if gptq_block_size < 1 or gptq_damp < 0:
+            raise ValueError("quant.quantizer.gptq_block_size must be >= 1 and gptq_damp >= 0")
+        self.prune_fraction, self.prune_scope = prune_fraction, prune_scope
+        self.prune_min_numel, self.prune_ndim = prune_min_numel, prune_ndim
+        self.gptq_block_size, self.gptq_damp, self.gptq_act_order = gptq_block_size, gptq_damp, gptq_act_order
+        self.report = QuantReport()
+
+    # ------------------------------------------------------------------ rules
+    def rule_for(self, name: str, t: Tensor) -> QuantRule:
+        for rule in self.table:
+            if rule.matches(name, t):
+                return rule
+        raise ValueError(f"tensor {name!r} (shape {tuple(t.shape)}) matches no rule of quant.quantizer.table "
+                         f"{[r.name for r in self.table]}; end the table with a catch-all rule (no conditions)")
+
+    @property
+    def needs_hessians(self) -> bool:
+        return any(r.scheme == "int" and r.clip == "gptq" for r in self.table)
+
+    def gptq_names(self, state: Mapping[str, Tensor]) -> set[str]:
+        """Tensors whose rule asks for full GPTQ: the calibration collects Hessians for these."""
+        return {n for n, t in state.items() if t.is_floating_point() and t.dim() == 2
+                and (r := self.rule_for(n, t)).scheme == "int" and r.clip == "gptq"}
+
+    # ------------------------------------------------------------------ pruning
+    def _prunable(self, name: str, t: Tensor) -> bool:
+        return t.is_floating_point() and t.dim() == self.prune_ndim and t.numel() >= self.prune_min_numel
+
+    def prune(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Zero the smallest `prune_fraction` of |w| (per tensor, or one global threshold)."""
+        out = dict(state)
+        if self.prune_fraction <= 0:
+            return out
+        names = [n for n, t in state.items() if self._prunable(n, t)]
+        if self.prune_scope == "global" and names:
+            flat = torch.cat([state[n].detach().float().abs().reshape(-1) for n in names])
+            k = max(1, int(self.prune_fraction * flat.numel()))
+            threshold = float(flat.kthvalue(k).values)
+            thresholds = dict.fromkeys(names, threshold)
+        else:
+            thresholds = {}
+            for n in names:
+                a = state[n].detach().float().abs().reshape(-1)
+                thresholds[n] = float(a.kthvalue(max(1, int(self.prune_fraction * a.numel()))).values)
+        for n in names:
+            t = state[n]
+            mask = t.detach().float().abs() < thresholds[n]
+            out[n] = t.masked_fill(mask, 0)
+            self.report.pruned[n] = int(mask.sum())
+        return out
+
+    # ------------------------------------------------------------------ quantize
+    def quantize(self, state_dict: Mapping[str, Tensor],
+                 hessians: Mapping[str, Tensor] | None = None) -> dict[str, QuantizedTensor]:
+        """Quantize every tensor (same keys, same order). `hessians` feeds `clip: gptq` rules."""
+        self.report = QuantReport()
+        pruned = self.prune({n: t.detach().to("cpu") for n, t in state_dict.items()})
+        return {name: self.quantize_tensor(name, t, (hessians or {}).get(name)) for name, t in pruned.items()}
+
+    def quantize_tensor(self, name: str, t: Tensor, hessian: Tensor | None = None) -> QuantizedTensor:
+        t = t.detach().to("cpu").contiguous()
+        shape, dtype = tuple(t.shape), dtype_name(t.dtype)
+        if not t.is_floating_point():
+            self.report.rule_of[name] = "raw"
+            return QuantizedTensor("raw", shape, dtype, {"w": t})
+        rule = self.rule_for(name, t)
+        self.report.rule_of[name] = rule.name
+        if rule.scheme in FLOAT_SCHEMES:
+            return QuantizedTensor(rule.scheme, shape, dtype, {"w": t.to(FLOAT_SCHEMES[rule.scheme])})
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"tensor {name!r} has NaN or inf values; cannot quantize it")
+        rows = t.float().reshape(t.shape[0], -1) if t.dim() >= 1 else t.float().reshape(1, 1)
+        q, scale = self._int_rows(name, rows, rule, hessian)
+        # Elements the round trip puts more than half a step away: clipped ones (and, under GPTQ,
+        # those its error compensation moved off their nearest grid point).
+        err = (rows - q.float() * scale.float()[:, None]).abs()
+        self.report.clipped[name] = int((err > scale.float()[:, None] * (0.5 + 1e-5)).sum())
+        return QuantizedTensor("intn_row", shape, dtype, {"q": q, "scale": scale}, {"bits": rule.bits})
+
+    def _int_rows(self, name: str, rows: Tensor, rule: QuantRule, hessian: Tensor | None) -> tuple[Tensor, Tensor]:
+        if rule.clip == "gptq" and hessian is not None:
+            from paramgolf.quant.gptq import gptq_quantize
+            q, scale, info = gptq_quantize(rows, hessian.float(), rule.bits, block_size=self.gptq_block_size,
+                                           damp=self.gptq_damp, act_order=self.gptq_act_order,
+                                           quantiles=tuple(rule.clip_candidates), scale_floor=rule.scale_floor)
+            self.report.info[name] = {"method": "gptq", **_jsonable(info)}
+            return q, scale
+        if rule.clip in ("search", "gptq"):
+            from paramgolf.quant.gptq import clip_search
+            q, scale, info = clip_search(rows, rule.bits, quantiles=tuple(rule.clip_candidates),
+                                         scale_floor=rule.scale_floor, per_row=rule.search_per_row)
+            method = "search" if rule.clip == "search" else "search (no Hessian for gptq)"
+            self.report.info[name] = {"method": method, **_jsonable(info)}
+            return q, scale
+        return rtn_rows(rows, rule)
+
+    def fake_quantizer(self, name: str, w: Tensor):
+        """QAT for `name`: a function w -> the weight the exported model will hold, with a
+        straight-through gradient; None when its rule keeps it as a float.
+
+        Same function and same fp16 scales as the export's plain rounding (`rtn_rows`), so the
+        forward equals the dequantized model's forward exactly. Rules with `clip: search/gptq`
+        are fake-quantized with their rounding at `clip_quantile` (their search runs at export).
+        Everything that depends only on the shape is computed here, once, outside any compiled graph.
+        """
+        rule = self.rule_for(name, w)
+        if rule.scheme != "int":
+            return None
+        rows, cols = w.shape[0], w.numel() // max(w.shape[0], 1)
+        plan = None if rule.clip == "rowmax" else quantile_plan(rule.clip_quantile, cols)
+
+        def fake(weight: Tensor) -> Tensor:
+            r = weight.detach().float().reshape(rows, cols)
+            q, scale = rtn_rows(r, rule, plan)
+            return _STE.apply(weight, (q.float() * scale.float()[:, None]).reshape(weight.shape).to(weight.dtype))
+
+        return fake
+
+    def group_of(self, name: str) -> str:
+        return self.report.rule_of.get(name, "?")
+
+
+def rtn_rows(rows: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None = None) -> tuple[Tensor, Tensor]:
+    """Plain rounding of W [rows, cols] under `rule`: clip per row (row max or quantile), fp16 scale, round."""
+    if rule.clip == "rowmax":
+        clip = row_abs_max(rows)
+    else:
+        clip = abs_quantile_with_plan(rows, plan or quantile_plan(rule.clip_quantile, rows.shape[1]))[0]
+    clipped = torch.maximum(torch.minimum(rows, clip[:, None]), -clip[:, None])
+    q, scale, _ = round_trip_rows(clipped, clip, rule.bits, rule.scale_floor)
+    return q, scale
+
+
+class _STE(torch.autograd.Function):
+    """Forward: the quantized value exactly; backward: the gradient passes to w unchanged."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, quantized: Tensor) -> Tensor:  # noqa: D102
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return grad, None
+
+
+def _jsonable(info: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in info.items():
+        if isinstance(v, Tensor):
+            out[k] = v.item() if v.numel() == 1 else None
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) <= 16:
+            out[k] = [x.item() if isinstance(x, Tensor) else x for x in v]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@register_scheme("intn_row")
+def _dequant_intn_row(qt: QuantizedTensor) -> Tensor:
+    q, scale = _part(qt, "q"), _part(qt, "scale")
+    bits = int(qt.meta.get("bits", 8))
+    if scale.dim() != 1 or q.dim() < 1 or scale.shape[0] != q.shape[0]:
+        raise ValueError(f"intn_row: scale shape {tuple(scale.shape)} does not match q shape {tuple(q.shape)}")
+    if q.numel() and int(q.abs().max()) > qmax(bits):
+        raise ValueError(f"intn_row: a code exceeds the {bits}-bit range ±{qmax(bits)}")
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(qt.shape)
+
+
+@register_scheme("intn_row_packed")
+def _dequant_intn_row_packed(qt: QuantizedTensor) -> Tensor:
+    from paramgolf.quant.pack import unpack_codes
+
+    packed, scale = _part(qt, "packed"), _part(qt, "scale")
+    bits, rows = int(qt.meta.get("bits", 8)), scale.shape[0]
+    q = unpack_codes(packed, bits, qt.numel).reshape(rows, -1)
+    return (q.float() * scale.float()[:, None]).reshape(qt.shape)
+
+
+def pack_state(qstate: Mapping[str, QuantizedTensor]) -> dict[str, QuantizedTensor]:
+    """The same records with every `intn_row` code tensor bit-packed (lossless)."""
+    from paramgolf.quant.pack import pack_codes
+
+    out = {}
+    for name, qt in qstate.items():
+        if qt.scheme == "intn_row" and int(qt.meta.get("bits", 8)) < 8:
+            bits = int(qt.meta["bits"])
+            out[name] = QuantizedTensor("intn_row_packed", qt.shape, qt.dtype,
+                                        {"packed": pack_codes(qt.tensors["q"], bits), "scale": qt.tensors["scale"]},
+                                        dict(qt.meta))
+        else:
+            out[name] = qt
+    return out

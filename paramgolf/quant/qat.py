@@ -1,0 +1,57 @@
+"""Quantization-aware training: fake quantization of the model's linear weights during training.
+
+`QAT(quantizer, start_lr_scale)` is a train-loop hook. Once the LR scale of a step drops below
+`start_lr_scale` (late QAT, e.g. 0.15 in #549/#754/#1263), or from the first step when it is
+null, every `CastedLinear` whose weight the export quantizes to integers computes its forward
+with the weight the artifact will hold (the quantizer's own rounding and fp16 scales) and passes
+gradients straight through to the fp32 weight. The model code only offers the generic
+`CastedLinear.weight_fn` slot; this module fills it.
+
+Under torch.compile the first enabled step recompiles the model once (the slot is guarded), so
+QAT really runs — unlike a class-level flag that the compiler folds into a constant.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from paramgolf.model.layers import CastedLinear
+
+
+class QAT:
+    """Train hook switching fake quantization on (once) when the LR scale falls below a threshold."""
+
+    def __init__(self, model: nn.Module, quantizer, start_lr_scale: float | None = 0.15,
+                 say: Callable[[str], None] | None = None) -> None:
+        if not hasattr(quantizer, "fake_quantizer"):
+            raise ValueError(f"quant.qat needs a quantizer with a rule table (quant.quantizer=mixed); "
+                             f"{type(quantizer).__name__} has none")
+        if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
+            raise ValueError(f"quant.qat.start_lr_scale={start_lr_scale} must be in (0, 1] or null (from the start)")
+        self.model, self.quantizer, self.start_lr_scale = model, quantizer, start_lr_scale
+        self.say = say or (lambda m: None)
+        self.enabled_at: int | None = None
+        self.layers: list[str] = []
+
+    def enable(self, step: int = 0) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, CastedLinear):
+                fake = self.quantizer.fake_quantizer(f"{name}.weight", module.weight)
+                if fake is not None:
+                    module.weight_fn = fake
+                    self.layers.append(name)
+        self.enabled_at = step
+        self.say(f"qat: fake quantization on at step {step} for {len(self.layers)} linear layers")
+
+    def disable(self) -> None:
+        for module in self.model.modules():
+            if isinstance(module, CastedLinear):
+                module.weight_fn = None
+
+    def on_step_start(self, step: int, elapsed_s: float, lr_scale: float) -> None:
+        if self.enabled_at is None and (self.start_lr_scale is None or lr_scale < self.start_lr_scale):
+            self.enable(step)
+
+    def on_step_end(self, info) -> None:
+        pass
