@@ -14,4 +14,4 @@ echo "install.sh: using torch ${TORCH_VERSION}"
 pin="$(mktemp)"
 trap 'rm -f "$pin"' EXIT
 echo "torch==${TORCH_VERSION}" > "$pin"
-"$PY" -m pip install -c "$pin" -e ".[dev]"
+"$PY" -m pip install -c "$pin" -e ".[dev,brotli]"

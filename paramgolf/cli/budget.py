@@ -7,29 +7,41 @@ import sys
 from paramgolf.config.compose import setup
 
 
-def budget(overrides: list[str]) -> dict:
+def budget(overrides: list[str], all_codecs: bool = False) -> dict:
     from paramgolf.config.compose import compose, to_container
     from paramgolf.runner.budget import budget_report
     from paramgolf.runner.validate import validate_config
 
     c = to_container(compose(overrides))
     validate_config(c, world_size=int(c["train"]["nproc_per_node"]))
-    return budget_report(c)
+    return budget_report(c, all_codecs=all_codecs)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: paramgolf-budget [hydra overrides...]   e.g. paramgolf-budget experiment=baseline\n"
-              "prints params, code_bytes and the estimated artifact bytes as JSON; exit 3 when over budget")
+        print("usage: paramgolf-budget [--all-codecs] [hydra overrides...]   e.g. paramgolf-budget experiment=baseline\n"
+              "prints params, code_bytes and the estimated artifact bytes as JSON; exit 3 when over budget\n"
+              "--all-codecs: also the bytes of every codec on the same quantized state (table on stderr)")
         return
+    all_codecs = "--all-codecs" in argv
+    argv = [a for a in argv if a != "--all-codecs"]
     setup()
     try:
-        out = budget(argv)
+        out = budget(argv, all_codecs=all_codecs)
     except Exception as exc:  # config errors: print them plainly
         print(f"paramgolf-budget: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(out, indent=2))
+    if all_codecs:
+        print(f"\n{'codec':<76}{'packing':>8}{'model bytes':>13}{'artifact':>13}{'fits':>6}{'comp s':>8}{'dec s':>7}",
+              file=sys.stderr)
+        for r in out["codecs"]:
+            if r["model_bytes"] is None:
+                print(f"{r['settings']:<76}  failed: {r['error']}", file=sys.stderr)
+                continue
+            print(f"{r['settings']:<76}{r['packing']:>8}{r['model_bytes']:>13,}{r['artifact_bytes']:>13,}"
+                  f"{'yes' if r['fits'] else 'NO':>6}{r['compress_s']:>8.2f}{r['decompress_s']:>7.2f}", file=sys.stderr)
     if not out["fits"]:
         print(f"paramgolf-budget: OVER BUDGET by {out['overshoot_bytes']:,} bytes: estimated model "
               f"{out['estimated_model_bytes']:,} + code {out['code_bytes']:,} > {out['budget_bytes']:,}",

@@ -170,6 +170,24 @@ class LzmaConfig:
 
 
 @dataclass
+class SevenZipConfig:
+    _target_: str = "paramgolf.quant.codecs.SevenZip"
+    method: str = "lzma2"  # lzma2 | lzma | ppmd | bzip2 | deflate
+    preset: int = 9
+    filter: Optional[str] = None  # null | bcj | delta
+    delta_distance: int = 1
+    ppmd_order: int = 6
+    ppmd_mem: int = 28  # 2^28 bytes of model memory (smaller ones hit a pyppmd read-back bug)
+
+
+@dataclass
+class BrotliConfig:
+    _target_: str = "paramgolf.quant.codecs.Brotli"
+    quality: int = 11
+    lgwin: int = 24
+
+
+@dataclass
 class QuantRuleConfig:
     name: str = MISSING
     scheme: str = MISSING  # fp32 | fp16 | bf16 | int
@@ -428,7 +446,8 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "optimizer": [("muon_adam_schema", MuonAdamConfig)],
     "quant": [("quant_schema", QuantConfig)],
     "quant/quantizer": [("mixed_schema", MixedQuantizerConfig), ("int8_row_schema", Int8PerRowConfig)],
-    "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig)],
+    "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig),
+                    ("sevenzip_schema", SevenZipConfig), ("brotli_schema", BrotliConfig)],
     "ttt": [("none_schema", NoTTTConfig)],
     "eval_cache": [("none_schema", NoEvalCacheConfig)],
     "eval": [("eval_schema", EvalConfig)],

@@ -213,3 +213,51 @@ def estimate_model_bytes(
         settings={"seed": seed, "tail_dof": tail_dof, "row_rms_spread": row_rms_spread,
                   "matrix_rms": dict(matrix_rms) if isinstance(matrix_rms, Mapping) else matrix_rms},
     )
+
+
+def codec_candidates() -> list[Codec]:
+    """Every codec setting `paramgolf-budget --all-codecs` compares (brotli when installed)."""
+    from paramgolf.quant.codecs import Brotli, Lzma, Raw, SevenZip, Zlib, Zstd
+
+    out: list[Codec] = [Zlib(9), Zstd(19), Zstd(22), Lzma(6, extreme=False), Lzma(9, extreme=True),
+                        SevenZip("lzma2", 9), SevenZip("ppmd"), SevenZip("lzma2", 9, filter="bcj"),
+                        SevenZip("lzma2", 9, filter="delta"), Raw()]
+    try:
+        out.insert(-1, Brotli(11))
+    except ValueError:
+        pass  # the optional extra is not installed
+    return out
+
+
+def codec_table(qstate: dict[str, QuantizedTensor], arch_config: dict, codecs: list[Codec],
+                meta: dict | None = None) -> list[dict]:
+    """Artifact bytes of the same quantized state under each codec (int8 containers and bit-packed
+    codes, the smaller kept, as the exporter does), with compression and decompression seconds."""
+    from paramgolf.quant.mixed import pack_state
+
+    payloads = {"int8": build_payload(qstate, arch_config, meta)}
+    packed = pack_state(qstate)
+    if any(p is not q for p, q in zip(packed.values(), qstate.values())):
+        payloads["bits"] = build_payload(packed, arch_config, meta)
+    rows = []
+    for codec in codecs:
+        best = None
+        for packing, payload in payloads.items():
+            t0 = time.perf_counter()
+            try:
+                blob = codec.compress(payload)
+            except ValueError as e:  # a codec that cannot handle this payload is reported, not fatal
+                best = best or {"codec": codec.name, "settings": repr(codec), "packing": packing,
+                                "model_bytes": None, "error": str(e)}
+                continue
+            t1 = time.perf_counter()
+            if codec.decompress(blob) != payload:
+                raise RuntimeError(f"{codec!r} did not round-trip the payload")
+            t2 = time.perf_counter()
+            row = {"codec": codec.name, "settings": repr(codec), "packing": packing,
+                   "model_bytes": len(frame_payload(blob, codec.name)), "compress_s": round(t1 - t0, 3),
+                   "decompress_s": round(t2 - t1, 3)}
+            if best is None or best["model_bytes"] is None or row["model_bytes"] < best["model_bytes"]:
+                best = row
+        rows.append(best)
+    return sorted(rows, key=lambda r: (r["model_bytes"] is None, r["model_bytes"] or 0))

@@ -23,7 +23,7 @@ from torch import nn
 
 from paramgolf.optim.groups import as_rule, assign_params
 from paramgolf.quant.accounting import code_bytes
-from paramgolf.quant.estimate import estimate_model_bytes
+from paramgolf.quant.estimate import codec_candidates, codec_table, estimate_model_bytes, surrogate_state_dict
 from paramgolf.runner.build import build_model, code_roots, count_params, export_view, lr_schedule_for
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
@@ -53,8 +53,12 @@ def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
     return out
 
 
-def budget_report(c: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON object `paramgolf-budget` prints, for a resolved config (deterministic: seeded init)."""
+def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, Any]:
+    """The JSON object `paramgolf-budget` prints, for a resolved config (deterministic: seeded init).
+
+    `all_codecs`: also compress the same quantized surrogate state with every codec setting of
+    `quant.estimate.codec_candidates` (full compression, no row sampling) and list them, smallest first.
+    """
     torch.manual_seed(c["seed"])
     model = build_model(c["arch"])
     counts = count_params(model)
@@ -79,4 +83,12 @@ def budget_report(c: Mapping[str, Any]) -> dict[str, Any]:
     }
     if not out["fits"]:
         out["overshoot_bytes"] = total - c["budget_bytes"]
+    if all_codecs:
+        weights = surrogate_state_dict(state, seed=0, matrix_rms=drift, init_weights=state)
+        qstate = instantiate(c["quant"]["quantizer"]).quantize(weights)
+        rows = codec_table(qstate, arch, codec_candidates())
+        for r in rows:
+            r["artifact_bytes"] = None if r["model_bytes"] is None else r["model_bytes"] + code
+            r["fits"] = r["artifact_bytes"] is not None and r["artifact_bytes"] <= c["budget_bytes"]
+        out["codecs"] = rows
     return out
