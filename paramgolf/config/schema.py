@@ -229,6 +229,7 @@ class CalibrationConfig:
     batch_seqs: int = 8
     seq_len: Optional[int] = None  # null: train.seq_len
     temperature: float = 1.0  # self_generated sampling
+    reserve_s: float = 10.0  # seconds of train.max_wallclock_seconds kept for calibration (it counts as training)
 
 
 @dataclass
@@ -383,6 +384,7 @@ class TrainConfig:
     micro_batches: int = 8  # global micro-batches per step; each rank runs micro_batches / world_size
     warmup_steps: int = 20  # compile warm-up steps, rolled back afterwards (not an LR warm-up)
     max_wallclock_seconds: Optional[float] = 600.0  # None: stop by iterations only
+    expected_steps: Optional[int] = None  # steps paramgolf-budget assumes (null: iterations); set it for capped runs
     val_every: int = 0  # periodic validation (0: only at the end)
     log_every: int = 50
     loader_seed: int = 0  # 0: the official shard order; other values permute shards (see data.loader)

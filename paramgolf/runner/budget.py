@@ -30,9 +30,15 @@ KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their
 
 
 def lr_scale_square_sum(train: Mapping[str, Any]) -> float:
-    """Σ_t s_t² over the planned iterations (the wallclock cap is unknown before training)."""
-    schedule = lr_schedule_for({**train, "max_wallclock_seconds": None})
-    return sum(schedule(t, 0.0) ** 2 for t in range(int(train["iterations"])))
+    """Σ_t s_t² over the steps the run is expected to take (`assumed_steps`), its warm-down included."""
+    n = assumed_steps(train)
+    schedule = lr_schedule_for({**train, "iterations": n, "max_wallclock_seconds": None})
+    return sum(schedule(t, 0.0) ** 2 for t in range(n))
+
+
+def assumed_steps(train: Mapping[str, Any]) -> int:
+    """`train.expected_steps` when set (a wallclock-capped run stops long before `iterations`), else iterations."""
+    return int(train.get("expected_steps") or train["iterations"])
 
 
 def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
@@ -79,7 +85,7 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
         "fits": total <= c["budget_bytes"],
         "quantizer": c["quant"]["quantizer"]["_target_"].rsplit(".", 1)[-1],
         "codec": c["quant"]["codec"]["_target_"].rsplit(".", 1)[-1],
-        "assumed_train_steps": int(c["train"]["iterations"]),
+        "assumed_train_steps": assumed_steps(c["train"]),
     }
     if not out["fits"]:
         out["overshoot_bytes"] = total - c["budget_bytes"]

@@ -187,6 +187,15 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         stage = "train"
         t = c["train"]
         settings = loop_settings(t)
+        quantizer = instantiate(c["quant"]["quantizer"])
+        cap = settings.max_wallclock_seconds
+        if getattr(quantizer, "needs_hessians", False) and cap:
+            # GPTQ calibration counts as training time: stop the loop early enough to fit it in the cap
+            reserve = c["quant"]["calibration"]["reserve_s"]
+            settings.max_wallclock_seconds = max(cap - reserve, 1.0)
+            rec.update(calibration_reserved_s=reserve)
+            say(f"wallclock: training stops at {settings.max_wallclock_seconds:.0f}s, {reserve:.0f}s kept for GPTQ "
+                f"calibration")
         optimizers = build_optimizer_for(model, c["optimizer"])
         for g in optimizers.param_groups_summary():
             if g["num_tensors"]:
@@ -195,7 +204,6 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         averaging = instantiate(t["averaging"])
         make_loader = lambda: DistributedTokenLoader(data.train_files, rank, world_size,  # noqa: E731
                                                      seed=t["loader_seed"])
-        quantizer = instantiate(c["quant"]["quantizer"])
         hooks = [_AveragingHook(averaging, model)]
         qat = None
         if c["quant"]["qat"]["enabled"]:
@@ -260,7 +268,13 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         if main:
             hessians, calib_s = calibrate(c, quantizer, data, model, export_state, env.device, autocast_dtype, say)
             if hessians is not None:  # the challenge counts calibration as training time
-                rec.update(calibration_time_s=calib_s, train_plus_calibration_s=summary.train_time_s + calib_s)
+                total = summary.train_time_s + calib_s
+                rec.update(calibration_time_s=calib_s, train_plus_calibration_s=total)
+                if cap:
+                    rec.update(train_plus_calibration_within_cap=total <= cap)
+                    if total > cap:
+                        say(f"WARNING: training {summary.train_time_s:.1f}s + calibration {calib_s:.1f}s = {total:.1f}s "
+                            f"exceeds train.max_wallclock_seconds={cap}; raise quant.calibration.reserve_s")
             report = export_artifact(c, export_state, artifact_path, hessians=hessians, quantizer=quantizer,
                                      meta={"steps": summary.steps, "seed": c["seed"]})
             rec.update(quant=report)

@@ -14,7 +14,8 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SHRINK = ["data=synthetic", "logger=none", "arch.model_dim=128", "arch.vocab_size=512", "eval.seq_len=64",
           "train.iterations=2", "train.warmup_steps=1", "train.batch_tokens=1024", "train.seq_len=64",
           "train.micro_batches=1", "train.max_wallclock_seconds=null", "train.progress=false",
-          "eval.progress=false", "eval.batch_tokens=4096", "data.val_max_tokens=4096"]
+          "eval.progress=false", "eval.batch_tokens=4096", "data.val_max_tokens=4096",
+          "quant.keep_float_max_numel=1024"]  # the shrunk matrices are quantized as the full ones would be
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,8 @@ def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
     assert run(c, tmp_path, 0, 1) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["status"] == "ok" and r["steps"] == 2 and r["val_bpb"] > 0
+    schemes = {sch for g in r["quant"]["groups"].values() for sch in g["schemes"]}
+    assert any(sch.startswith("int") for sch in schemes), schemes  # the preset's quantizer really ran
     from paramgolf.quant.artifact import read_artifact
     art = read_artifact(tmp_path / "model.pgart")  # training-only parts never reach the artifact
     assert not any(k.startswith("mtp.") for k in art.state_dict) and art.arch_config.get("mtp") is None
@@ -75,6 +78,20 @@ def test_rule_chosen_averaging_stays_compliant_and_records_before_and_after(tmp_
     assert r["averaging"]["chosen"] == "ema" and r["averaging"]["selected_on_validation"] is False
     assert r["compliance"]["compliant"] is True
     assert r["pre_averaging_val_bpb"] > 0 and r["pre_quant_val_bpb"] > 0
+
+
+@pytest.mark.slow
+def test_full_gptq_calibration_is_charged_to_the_training_time(tmp_path):
+    c = to_container(compose(["experiment=pr1263", *SHRINK, "train.max_wallclock_seconds=600",
+                              "quant.calibration.batches=3", "quant.calibration.batch_seqs=2",
+                              "quant.keep_float_max_numel=1024"]))  # so the shrunk matrices are quantized
+    assert run(c, tmp_path, 0, 1) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["calibration_reserved_s"] == 10.0 and r["calibration_time_s"] > 0
+    assert r["train_plus_calibration_s"] == pytest.approx(r["train_time_s"] + r["calibration_time_s"])
+    assert r["train_plus_calibration_within_cap"] is True
+    assert {v["method"] for v in r["quant"]["tensor_info"].values()} == {"gptq"}
+    assert r["quant"]["groups"]["attn_mlp"]["tensors"] == 11 * 6
 
 
 LOGGED_PARAMS = {"baseline": 17_059_912, "pr549": 26_928_220, "pr537": 24_634_452, "pr620": 26_829_913,
