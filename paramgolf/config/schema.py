@@ -367,10 +367,12 @@ class WarmdownScheduleConfig:
 
 
 @dataclass
-class CosineScheduleConfig:
+class CosineScheduleConfig:  # the same keys as warmdown: only the shape of the decay differs
     _target_: str = "paramgolf.optim.schedules.CosineSchedule"
     _partial_: bool = True
     warmup_iters: int = 0
+    warmdown_iters: int = 1200
+    warmdown_frac: Optional[float] = 1.0  # 1.0: one cosine over the whole run
     min_scale: float = 0.0  # floor: min_lr = base lr × min_scale
 
 

@@ -120,19 +120,17 @@ class WarmdownSchedule(LRSchedule):
         return 1.0 if remaining >= span else remaining / span
 
 
-class CosineSchedule(LRSchedule):
-    """Half a cosine from 1 to the floor over the run (after any warm-up).
+class CosineSchedule(WarmdownSchedule):
+    """The warm-down of `WarmdownSchedule` with a half-cosine shape instead of a straight line.
 
-    Progress is the larger of (step − warmup) / (iterations − warmup) and, with a wallclock cap,
-    elapsed / cap, so a capped run reaches the floor when time runs out.
+    Same keys, so a preset's warm-down settings carry over when the shape is switched. With
+    `warmdown_frac: 1.0` (the `cosine` config's default) the whole run is one cosine from the
+    base LR to the floor, by iterations or, under a wallclock cap, by elapsed time.
     """
 
     def decay(self, step: int, elapsed_s: float) -> float:
-        span = max(self.iterations - self.warmup_iters, 1)
-        progress = min(max((step - self.warmup_iters) / span, 0.0), 1.0)
-        if self.max_wallclock_s is not None:
-            progress = max(progress, min(elapsed_s / self.max_wallclock_s, 1.0))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        r = super().decay(step, elapsed_s)  # the linear ramp: 1 before the warm-down, 0 at its end
+        return 0.5 * (1.0 - math.cos(math.pi * r))
 
 
 def schedule_table(schedule: LRSchedule, steps: list[int], step_s: float = 0.0) -> list[tuple[int, float]]:

@@ -1,8 +1,8 @@
 """Quantization-aware training: fake quantization of the model's linear weights during training.
 
 `QAT(quantizer, start_lr_scale)` is a train-loop hook. Once the LR scale of a step drops below
-`start_lr_scale` (late QAT, e.g. 0.15 in #549/#754/#1263), or from the first step when it is
-null, every `CastedLinear` whose weight the export quantizes to integers computes its forward
+`start_lr_scale` (late QAT, e.g. 0.15 in #549/#754/#1263) after any LR warm-up (`after_step`), or
+from the first step when it is null, every `CastedLinear` whose weight the export quantizes to integers computes its forward
 with the weight the artifact will hold (the quantizer's own rounding and fp16 scales) and passes
 gradients straight through to the fp32 weight. The model code only offers the generic
 `CastedLinear.weight_fn` slot; this module fills it.
@@ -23,13 +23,14 @@ class QAT:
     """Train hook switching fake quantization on (once) when the LR scale falls below a threshold."""
 
     def __init__(self, model: nn.Module, quantizer, start_lr_scale: float | None = 0.15,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, after_step: int = 0) -> None:
         if not hasattr(quantizer, "fake_quantizer"):
             raise ValueError(f"quant.qat needs a quantizer with a rule table (quant.quantizer=mixed); "
                              f"{type(quantizer).__name__} has none")
         if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
             raise ValueError(f"quant.qat.start_lr_scale={start_lr_scale} must be in (0, 1] or null (from the start)")
         self.model, self.quantizer, self.start_lr_scale = model, quantizer, start_lr_scale
+        self.after_step = after_step  # an LR warm-up's low scales are not the late phase
         self.say = say or (lambda m: None)
         self.enabled_at: int | None = None
         self.layers: list[str] = []
@@ -50,7 +51,8 @@ class QAT:
                 module.weight_fn = None
 
     def on_step_start(self, step: int, elapsed_s: float, lr_scale: float) -> None:
-        if self.enabled_at is None and (self.start_lr_scale is None or lr_scale < self.start_lr_scale):
+        late = self.start_lr_scale is None or (lr_scale < self.start_lr_scale and step >= self.after_step)
+        if self.enabled_at is None and late:
             self.enable(step)
 
     def on_step_end(self, info) -> None:

@@ -208,7 +208,8 @@ def run(cfg: DictConfig | Mapping[str, Any], run_dir: Path, rank: int, world_siz
         qat = None
         if c["quant"]["qat"]["enabled"]:
             from paramgolf.quant.qat import QAT
-            qat = QAT(model, quantizer, c["quant"]["qat"]["start_lr_scale"], say)
+            qat = QAT(model, quantizer, c["quant"]["qat"]["start_lr_scale"], say,
+                      after_step=t["schedule"].get("warmup_iters", 0))
             hooks.insert(0, qat)
         trainer = Trainer(model, train_model, optimizers, make_loader, settings, env, autocast_dtype, hooks=hooks)
         if settings.warmup_steps:

@@ -81,21 +81,24 @@ def test_wallclock_warmdown_uses_the_running_step_average():
 
 
 def test_cosine_decay_with_floor_over_iterations_and_wallclock():
-    s = CosineSchedule(iterations=110, max_wallclock_s=None, warmup_iters=10, min_scale=0.2)
-    assert s(0, 0.0) == pytest.approx(0.1)  # warm-up 1/10
-    assert s(10, 0.0) == pytest.approx(1.0)
-    assert s(60, 0.0) == pytest.approx(0.2 + 0.8 * 0.5)  # halfway
-    assert s(110, 0.0) == pytest.approx(0.2)
-    capped = CosineSchedule(iterations=10**6, max_wallclock_s=100.0)
-    assert capped(5, 25.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))  # time is the binding progress
-    rows = schedule_table(s, [10, 60, 110])
-    assert [r[0] for r in rows] == [10, 60, 110] and rows[-1][1] == pytest.approx(0.2)
+    s = CosineSchedule(iterations=100, max_wallclock_s=None, warmup_iters=10, warmdown_frac=1.0, min_scale=0.2)
+    assert s(0, 0.0) == pytest.approx(0.1 * (0.2 + 0.8 * 1.0))  # warm-up 1/10 of the (still full) decay
+    assert s(50, 0.0) == pytest.approx(0.2 + 0.8 * 0.5)  # halfway through the run
+    assert s(25, 0.0) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert s(100, 0.0) == pytest.approx(0.2)
+    capped = CosineSchedule(iterations=10**6, max_wallclock_s=100.0, warmdown_frac=1.0)
+    assert capped(5, 25.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))  # time is the progress
+    tail = CosineSchedule(iterations=100, max_wallclock_s=None, warmdown_iters=20, warmdown_frac=None)
+    assert tail(70, 0.0) == 1.0 and tail(90, 0.0) == pytest.approx(0.5) and tail(95, 0.0) < 0.25
+    rows = schedule_table(s, [10, 50, 100])
+    assert [r[0] for r in rows] == [10, 50, 100] and rows[-1][1] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("cls, kwargs, key", [
     (WarmdownSchedule, dict(warmdown_frac=1.5), "warmdown_frac"),
     (WarmdownSchedule, dict(warmdown_iters=-1), "warmdown_iters"),
     (CosineSchedule, dict(min_scale=2.0), "min_scale"),
+    (CosineSchedule, dict(warmdown_frac=0.0), "warmdown_frac"),
     (CosineSchedule, dict(warmup_iters=-3), "warmup_iters"),
 ])
 def test_bad_schedule_settings_name_the_key(cls, kwargs, key):
@@ -107,8 +110,8 @@ def test_schedule_group_builds_through_hydra():
     from paramgolf.config.compose import compose, to_container
     from paramgolf.runner.build import lr_schedule_for
 
-    c = to_container(compose(["train/schedule=cosine", "train.schedule.min_scale=0.05", "train.iterations=100",
-                              "train.max_wallclock_seconds=null"]))
+    c = to_container(compose(["experiment=smoke", "train/schedule=cosine", "train.schedule.min_scale=0.05",
+                              "train.iterations=100", "train.max_wallclock_seconds=null"]))  # smoke sets warmdown_iters
     s = lr_schedule_for(c["train"])
     assert isinstance(s, CosineSchedule) and s(100, 0.0) == pytest.approx(0.05)
     d = lr_schedule_for(to_container(compose([]))["train"])

@@ -155,6 +155,9 @@ def test_qat_forward_equals_the_dequantized_models_forward_exactly():
     assert qat.enabled_at is None  # the LR scale has not dropped below 0.5 yet
     qat.on_step_start(7, 0.0, 0.4)
     assert qat.enabled_at == 7 and len(qat.layers) == 2 * 6
+    warm = QAT(_small_model()[1], qz, start_lr_scale=0.5, after_step=5)
+    warm.on_step_start(0, 0.0, 0.2)  # a low scale during the LR warm-up is not the late phase
+    assert warm.enabled_at is None
     with torch.no_grad():
         fake = model(x)
     exported = build_model(c["arch"])
