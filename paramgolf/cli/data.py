@@ -8,6 +8,7 @@ import sys
 from paramgolf.data.build import DEFAULT_SHARD_TOKENS, build_dataset
 from paramgolf.data.hub import DEFAULT_REPO_ID, download
 from paramgolf.data.shard_stats import inspect_shard
+from paramgolf.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = download(args.variant, args.train_shards, args.out, args.repo_id, args.with_docs)
             result = {**result, "downloaded": len(result["downloaded"]), "skipped": len(result["skipped"])}
-    except ValueError as exc:
+    except (UserError, FileNotFoundError) as exc:  # anything else is a bug: its traceback shows
         print(f"paramgolf-data {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

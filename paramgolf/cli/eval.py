@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     from paramgolf.runner.reevaluate import reevaluate
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from paramgolf.errors import UserError
     try:
         code = reevaluate(args.run_dir, args.overrides, args.out)
-    except (FileNotFoundError, ValueError, HydraException, OmegaConfBaseException) as exc:
+    except (FileNotFoundError, UserError, HydraException, OmegaConfBaseException) as exc:  # anything else is a bug
         print(f"paramgolf-eval: error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

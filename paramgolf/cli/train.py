@@ -7,9 +7,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from paramgolf.config.compose import CONF_DIR, check_known_keys, setup, to_container
+from paramgolf.errors import UserError
 
 setup()
 
@@ -22,7 +25,7 @@ def _fail(msg: str) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> int:
     from paramgolf.runner.launch import launch, under_torchrun
-    from paramgolf.runner.validate import validate_config
+    from paramgolf.runner.plan import build_plan
 
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
@@ -33,15 +36,15 @@ def _main(cfg: DictConfig) -> int:
         check_known_keys(cfg)
         c = to_container(cfg)
         world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else int(c["train"]["nproc_per_node"])
-        validate_config(c, world)
-    except ValueError as exc:
+        plan = build_plan(c, world)  # every component built and checked before any data is read
+    except (UserError, HydraException, OmegaConfBaseException) as exc:  # a config mistake; anything else is a bug
         if multirun:
             raise
         _fail(str(exc))
     run_dir = Path(hc.runtime.output_dir)
     try:
-        code = launch(c, run_dir)
-    except (ValueError, FileNotFoundError) as exc:
+        code = launch(c, run_dir, plan)
+    except (UserError, FileNotFoundError) as exc:
         if multirun:
             raise
         # A user error found while running (missing data, vocabulary mismatch…).

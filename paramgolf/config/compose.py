@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from paramgolf.config.schema import register_schemas
+from paramgolf.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 HYDRA_META_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -68,13 +69,13 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         return
     known = _known_fields(cfg)
     if known is None and path:  # untyped mapping below the root: every key is unknown
-        raise ValueError(
+        raise UserError(
             f"config key '{path}' is not described by any schema (was it added with '+' or a YAML "
             f"without a schema in its defaults list?). Remove it or add a schema in paramgolf/config/schema.py.")
     for key in cfg.keys():
         full = f"{path}.{key}" if path else str(key)
         if known is not None and key not in known and path != "hydra":
-            raise ValueError(
+            raise UserError(
                 f"unknown config key '{full}' (not in schema {OmegaConf.get_type(cfg).__name__}); "
                 f"check the spelling. Known keys: {sorted(k for k in known if k not in HYDRA_META_KEYS)}")
         if full == "hydra":

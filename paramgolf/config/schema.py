@@ -1,235 +1,147 @@
-"""Structured-config schemas: one dataclass per option of every config group.
+"""Structured-config schemas, generated from the components' own signatures.
 
-Each YAML under conf/ names its schema first in its defaults list and `_self_` last, so a
-misspelt key, a wrong type or an unknown option fails when Hydra composes the config.
-Components are built by Hydra (`_target_`); a schema's fields mirror its target's
-keyword arguments (tests/config checks that they agree).
+Every default is written once: in the constructor (or factory) a `_target_` names. `component()`
+turns that signature into a dataclass (hydra-zen's `builds(..., populate_full_signature=True)`),
+so a misspelt key, a wrong type or an unknown option fails when Hydra composes the config. The
+settings groups that configure the runner rather than a component (`train`, `quant`, the root)
+are dataclasses here. Each YAML under conf/ names its schema first in its defaults list and
+`_self_` last, and holds only the values that differ from these defaults.
+
+`python -m paramgolf.config.describe [GROUP]` prints every field with its type, default and doc.
 """
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from hydra.core.config_store import ConfigStore
+from hydra_zen import BuildsFn
 from omegaconf import MISSING
 
+from paramgolf.data.dataset import FineWebData, SyntheticData
+from paramgolf.evaluation.eval_cache import NoEvalCache
+from paramgolf.evaluation.ttt import NoTTT
+from paramgolf.evaluation.windows import NonOverlapping, Sliding
+from paramgolf.model.attention import CausalSelfAttention
+from paramgolf.model.bigram_hash import BigramHash
+from paramgolf.model.embedding import TokenEmbedding
+from paramgolf.model.gpt import GPT
+from paramgolf.model.mlp import LeakyReluSquaredMLP
+from paramgolf.model.mtp import MTPHeads
+from paramgolf.model.smear_gate import SmearGate
+from paramgolf.model.value_embedding import ValueEmbeddings
+from paramgolf.optim.averaging import EMA, EMASWA, SWA, NoAveraging
+from paramgolf.optim.builder import build_optimizer
+from paramgolf.optim.groups import ParamRule
+from paramgolf.optim.muon import Muon
+from paramgolf.optim.parallel_muon import ParallelMuon
+from paramgolf.optim.schedules import CosineSchedule, WarmdownSchedule
+from paramgolf.quant.calibration import Calibration
+from paramgolf.quant.codecs import Brotli, Lzma, SevenZip, Zlib, Zstd
+from paramgolf.quant.mixed import MixedQuantizer, QuantRule
+from paramgolf.tracking.base import NullLogger
+from paramgolf.tracking.wandb_logger import WandbLogger
+
+
+class _Builds(BuildsFn):
+    """hydra-zen's builds, reading `X | None` as Optional[X] and sequences as lists (what OmegaConf checks)."""
+
+    _choices: dict[tuple[str, ...], type[Enum]] = {}
+
+    @classmethod
+    def _sanitized_type(cls, type_: Any, **kw: Any) -> Any:
+        if typing.get_origin(type_) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(type_)):
+            return cls.choices(typing.get_args(type_))
+        if isinstance(type_, types.UnionType):
+            type_ = Union[typing.get_args(type_)]
+        origin = typing.get_origin(type_)
+        if origin is Union:
+            args = [cls._listify(a) for a in typing.get_args(type_)]
+            type_ = Union[tuple(args)]
+        else:
+            type_ = cls._listify(type_)
+        return super()._sanitized_type(type_, **kw)
+
+    @classmethod
+    def choices(cls, values: tuple[str, ...]) -> type[Enum]:
+        """Literal["a", "b"] as an Enum OmegaConf checks at compose time (components still get the string)."""
+        if values not in cls._choices:
+            name = "Choice_" + "_".join(values)
+            cls._choices[values] = globals()[name] = Enum(name, {v: v for v in values}, module=__name__, qualname=name, type=str)
+        return cls._choices[values]
+
+    @staticmethod
+    def _listify(type_: Any) -> Any:
+        if typing.get_origin(type_) is collections.abc.Sequence:
+            (arg,) = typing.get_args(type_) or (Any,)
+            return list[arg]
+        return type_
+
+
+def component(target: Any, *, partial: bool = False, runtime: Sequence[str] = (), **defaults: Any) -> type:
+    """The schema of `target`: its keyword arguments with their types and defaults.
+
+    `partial`: the runner completes the call (`_partial_: true`); `runtime`: arguments the runner
+    (or the enclosing module) passes, left out of the config; `defaults`: nested component defaults.
+    """
+    return _Builds.builds(target, populate_full_signature=True, zen_partial=partial or None,
+                          zen_exclude=tuple(runtime), **defaults)
+
+
+def with_fields(base: type, **typed: tuple[Any, Any]) -> type:
+    """`base` with some fields (re)typed: name=(type, field(...)), e.g. a list of checked table rows."""
+    return dataclasses.make_dataclass(base.__name__, [(k, t, f) for k, (t, f) in typed.items()], bases=(base,))
+
+
+def fields_of(dc: type, name: str) -> type:
+    """A plain schema with the fields of dataclass `dc` (table rows: no `_target_`, checked keys and types)."""
+    hints = typing.get_type_hints(dc)
+    specs = []
+    for f in dataclasses.fields(dc):
+        default = f.default if f.default is not dataclasses.MISSING else MISSING
+        if isinstance(default, tuple):
+            specs.append((f.name, _Builds._sanitized_type(hints[f.name]), field(default_factory=lambda d=default: list(d))))
+        else:
+            specs.append((f.name, _Builds._sanitized_type(hints[f.name]), field(default=default)))
+    return dataclasses.make_dataclass(name, specs)
+
+
 # ---------------------------------------------------------------- arch (paramgolf.model)
-
-
-@dataclass
-class GQAAttentionConfig:
-    _target_: str = "paramgolf.model.attention.CausalSelfAttention"
-    _partial_: bool = True
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    rope_base: float = 10000.0
-    qk_gain_init: float = 1.5
-    rope_dims: Optional[int] = None  # partial RoPE: rotate only the first r dims of each head
-    rope_train_seq_len: Optional[int] = None  # NTK-aware base scaling beyond this length
-    xsa_layers: list[int] = field(default_factory=list)  # XSA on these layers…
-    xsa_last_n: int = 0  # …and on the last n layers
-    gated: bool = False  # per-head sigmoid output gate (bias init 4.0)
-    value_residual: bool = False  # blend the first layer's values into later layers'
-
-
-@dataclass
-class LeakyReluSquaredMLPConfig:
-    _target_: str = "paramgolf.model.mlp.LeakyReluSquaredMLP"
-    _partial_: bool = True
-    mult: float = 2.0
-    negative_slope: float = 0.0  # 0: ReLU² (baseline); 0.5: LeakyReLU(0.5)²
-
-
-@dataclass
-class BigramHashConfig:
-    _target_: str = "paramgolf.model.bigram_hash.BigramHash"
-    _partial_: bool = True
-    buckets: int = 2048
-    dim: int = 128
-    scale_init: float = 0.05
-
-
-@dataclass
-class ValueEmbeddingsConfig:
-    _target_: str = "paramgolf.model.value_embedding.ValueEmbeddings"
-    _partial_: bool = True
-    dim: int = 128
-    layers: Optional[list[int]] = None  # None: the last two layers
-    scale_init: float = 0.1
-
-
-@dataclass
-class MTPHeadsConfig:
-    _target_: str = "paramgolf.model.mtp.MTPHeads"
-    _partial_: bool = True
-    count: int = 2
-    weight: float = 0.15
-
-
-@dataclass
-class SmearGateConfig:
-    _target_: str = "paramgolf.model.smear_gate.SmearGate"
-    _partial_: bool = True
-
-
-@dataclass
-class TokenEmbeddingConfig:
-    _target_: str = "paramgolf.model.embedding.TokenEmbedding"
-    _partial_: bool = True
-    init_std: float = 0.005
-
-
-@dataclass
-class GPTConfig:
-    _target_: str = "paramgolf.model.gpt.GPT"
-    attention: Any = MISSING
-    mlp: Any = MISSING
-    embedding: Any = MISSING
-    bigram: Any = None  # arch/bigram=hash
-    smear: Any = None  # arch/smear=gate
-    value_embedding: Any = None  # arch/value_embedding=ve128
-    mtp: Any = None  # arch/mtp=two: training-only heads, dropped at export
-    vocab_size: int = 1024
-    num_layers: int = 9
-    model_dim: int = 512
-    tie_embeddings: bool = True
-    logit_softcap: float = 30.0
-    unet_skips: bool = True
-    depth_scale: str = "none"  # 1/sqrt(layer+1) on branch inputs ("input", LN scale) or outputs ("output")
-    orthogonal_init: bool = False
-    recurrence: Optional[list[int]] = None  # depth recurrence: core index of each logical layer
-
+GQAAttentionConfig = component(CausalSelfAttention, partial=True, runtime=("layer", "num_layers"))
+LeakyReluSquaredMLPConfig = component(LeakyReluSquaredMLP, partial=True)
+BigramHashConfig = component(BigramHash, partial=True)
+ValueEmbeddingsConfig = component(ValueEmbeddings, partial=True)
+MTPHeadsConfig = component(MTPHeads, partial=True)
+SmearGateConfig = component(SmearGate, partial=True)
+TokenEmbeddingConfig = component(TokenEmbedding, partial=True)
+GPTConfig = component(GPT)
 
 # ---------------------------------------------------------------- optimizer (paramgolf.optim)
-
-
-@dataclass
-class ParamRuleConfig:
-    name: str = MISSING
-    optimizer: str = MISSING  # "muon" | "adam" | "none" (frozen: no optimizer)
-    lr: float = MISSING
-    pattern: Optional[str] = None
-    ndim: Optional[int] = None
-    min_ndim: Optional[int] = None
-    max_ndim: Optional[int] = None
-    weight_decay: float = 0.0
-
-
-@dataclass
-class MuonAdamConfig:
-    _target_: str = "paramgolf.optim.builder.build_optimizer"
-    _partial_: bool = True
-    rules: list[ParamRuleConfig] = field(default_factory=list)
-    muon_momentum: float = 0.95
-    muon_backend_steps: int = 5
-    muon_nesterov: bool = True
-    muon_momentum_warmup_start: float = 0.85
-    muon_momentum_warmup_steps: int = 500
-    muon_ns_dtype: str = "auto"  # bf16 on CUDA (official), fp32 on CPU
-    muon_impl: str = "muon"  # muon (per matrix) | parallel (Parallel Muon: banks, reduce-scatter, all-gather)
-    parallel_muon_comm: str = "auto"  # auto | reduce_scatter | all_reduce (fallback for backends without it)
-    scale_shared_grads: bool = False  # depth recurrence: gradient of a core used n times × 1/n (#537)
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    adam_eps: float = 1e-8
-    grad_clip_norm: float = 0.0
-
+ParamRuleConfig = fields_of(ParamRule, "ParamRuleConfig")
+MuonAdamConfig = with_fields(component(build_optimizer, partial=True, runtime=("param_uses", "param_roles", "muon")),
+                             rules=(list[ParamRuleConfig], field(default_factory=list)),
+                             muon=(Any, field(default=MISSING)))  # group optimizer/muon
+_MUON_RUNTIME = ("params", "lr", "momentum", "backend_steps", "nesterov", "weight_decay", "ns_dtype")  # from the rules
+PerMatrixMuonConfig = component(Muon, partial=True, runtime=_MUON_RUNTIME)
+ParallelMuonConfig = component(ParallelMuon, partial=True, runtime=_MUON_RUNTIME)
 
 # ---------------------------------------------------------------- quant (paramgolf.quant)
-
-
-@dataclass
-class Int8PerRowConfig:
-    _target_: str = "paramgolf.quant.int8.Int8PerRow"
-    clip_quantile: float = 0.9999984
-    keep_float_max_numel: int = 65536
-    keep_fp32_patterns: list[str] = field(default_factory=lambda: [
-        "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-        "q_gain", "skip_weight", "skip_weights"])
-    keep_float_dtype: str = "float16"
-    scale_dtype: str = "float16"
-
-
-@dataclass
-class ZlibConfig:
-    _target_: str = "paramgolf.quant.codecs.Zlib"
-    level: int = 9
-
-
-@dataclass
-class ZstdConfig:
-    _target_: str = "paramgolf.quant.codecs.Zstd"
-    level: int = 22
-
-
-@dataclass
-class LzmaConfig:
-    _target_: str = "paramgolf.quant.codecs.Lzma"
-    preset: int = 9
-    extreme: bool = True
-
-
-@dataclass
-class SevenZipConfig:
-    _target_: str = "paramgolf.quant.codecs.SevenZip"
-    method: str = "lzma2"  # lzma2 | lzma | ppmd | bzip2 | deflate
-    preset: int = 9
-    filter: Optional[str] = None  # null | bcj | delta
-    delta_distance: int = 1
-    ppmd_order: int = 6
-    ppmd_mem: int = 28  # 2^28 bytes of model memory (smaller ones hit a pyppmd read-back bug)
-
-
-@dataclass
-class BrotliConfig:
-    _target_: str = "paramgolf.quant.codecs.Brotli"
-    quality: int = 11
-    lgwin: int = 24
-
-
-@dataclass
-class QuantRuleConfig:
-    name: str = MISSING
-    scheme: str = MISSING  # fp32 | fp16 | bf16 | int
-    pattern: Optional[str] = None  # regex searched in the tensor name
-    min_numel: Optional[int] = None
-    max_numel: Optional[int] = None
-    ndim: Optional[int] = None
-    bits: int = 8
-    clip: str = "quantile"  # rowmax | quantile | search (GPTQ-lite) | gptq (full GPTQ)
-    clip_quantile: float = 0.9999984
-    clip_candidates: list[float] = field(default_factory=lambda: [0.999, 0.9995, 0.9999, 0.99999, 1.0])
-    search_per_row: bool = False
-    scale_floor: Optional[float] = None  # the records floor the scale at 1/qmax
-
-
-@dataclass
-class MixedQuantizerConfig:
-    _target_: str = "paramgolf.quant.mixed.MixedQuantizer"
-    table: list[QuantRuleConfig] = field(default_factory=list)
-    prune_fraction: float = 0.0
-    prune_scope: str = "per_tensor"  # per_tensor (#537) | global (#620)
-    prune_min_numel: int = 65537
-    prune_ndim: int = 2
-    gptq_block_size: int = 128
-    gptq_damp: float = 0.01
-    gptq_act_order: bool = True
+QuantRuleConfig = fields_of(QuantRule, "QuantRuleConfig")
+MixedQuantizerConfig = with_fields(component(MixedQuantizer), table=(list[QuantRuleConfig], field(default_factory=list)))
+ZlibConfig, ZstdConfig, LzmaConfig, SevenZipConfig, BrotliConfig = (
+    component(c) for c in (Zlib, Zstd, Lzma, SevenZip, Brotli))
+CalibrationConfig = component(Calibration)
 
 
 @dataclass
 class QATConfig:
     enabled: bool = False
-    start_lr_scale: Optional[float] = 0.15  # null: from the first step
-
-
-@dataclass
-class CalibrationConfig:
-    source: str = "train"  # train | self_generated (validation data is refused)
-    batches: int = 32
-    batch_seqs: int = 8
-    seq_len: Optional[int] = None  # null: train.seq_len
-    temperature: float = 1.0  # self_generated sampling
-    reserve_s: float = 10.0  # seconds of train.max_wallclock_seconds kept for calibration (it counts as training)
+    start_lr_scale: Optional[float] = 0.15  # fake quantization once the LR scale is below this (null: from step 0)
 
 
 @dataclass
@@ -237,29 +149,28 @@ class QuantConfig:
     quantizer: Any = MISSING
     codec: Any = MISSING
     packing: str = "auto"  # auto (measure both, keep the smaller) | int8 (containers) | bits (packed)
-    keep_float_max_numel: int = 65536  # tensors this small stay floats; quantizer configs interpolate it
+    keep_float_max_numel: int = 65536  # tensors this small stay floats; quantizer tables interpolate it
     qat: QATConfig = field(default_factory=QATConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    calibration: Any = field(default_factory=CalibrationConfig)
 
 
-# ---------------------------------------------------------------- ttt / eval_cache / eval
+# ---------------------------------------------------------------- ttt / eval_cache / eval (paramgolf.evaluation)
+NoTTTConfig = component(NoTTT)
+NoEvalCacheConfig = component(NoEvalCache)
+NonOverlappingEvalConfig = component(NonOverlapping)
+SlidingEvalConfig = component(Sliding)
 
+# ---------------------------------------------------------------- data (paramgolf.data)
+FineWebDataConfig = component(FineWebData)
+SyntheticDataConfig = component(SyntheticData)
 
-@dataclass
-class NoTTTConfig:
-    """No test-time training: the artifact's weights score the validation set unchanged."""
-    _target_: str = "paramgolf.evaluation.ttt.NoTTT"
-
-
-@dataclass
-class NoEvalCacheConfig:
-    """No evaluation-time cache: the model's softmax is the scored distribution."""
-    _target_: str = "paramgolf.evaluation.eval_cache.NoEvalCache"
-
-
-class EvalMethod(Enum):
-    non_overlapping = "non_overlapping"  # the official: seq_len chunks, the tail dropped
-    sliding = "sliding"  # every token once, up to seq_len of context, windows every `stride`
+# ---------------------------------------------------------------- train (paramgolf.runner, paramgolf.optim)
+NoAveragingConfig = component(NoAveraging)
+EMAConfig = component(EMA)
+SWAConfig = component(SWA)
+EMASWAConfig = component(EMASWA, ema=EMAConfig(), swa=SWAConfig())
+WarmdownScheduleConfig = component(WarmdownSchedule, partial=True)
+CosineScheduleConfig = component(CosineSchedule, partial=True)
 
 
 class AutocastMode(Enum):
@@ -272,108 +183,6 @@ class DeviceChoice(Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class WandbMode(Enum):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
-
-
-@dataclass
-class EvalConfig:
-    method: EvalMethod = EvalMethod.non_overlapping
-    seq_len: Optional[int] = None  # None: train.seq_len
-    stride: int = 64  # sliding only
-    batch_tokens: int = 524_288  # tokens per forward batch over all ranks (official VAL_BATCH_SIZE)
-    pre_quant: bool = True  # also evaluate the averaged weights before quantization
-    progress: bool = True
-
-
-# ---------------------------------------------------------------- data (paramgolf.data)
-
-
-@dataclass
-class FineWebDataConfig:
-    _target_: str = "paramgolf.data.dataset.FineWebData"
-    data_dir: str = "data/datasets/fineweb10B_sp1024"
-    tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"
-    val_max_tokens: int = 0
-
-
-@dataclass
-class SyntheticDataConfig:
-    _target_: str = "paramgolf.data.dataset.SyntheticData"
-    seed: int = 0  # the data set's own seed (independent of the training seed)
-    vocab_size: int = 512
-    lexicon_size: int = 1000
-    train_docs: int = 12000
-    val_docs: int = 400
-    zipf_exponent: float = 1.1
-    num_successors: int = 4
-    successor_weight: float = 0.7
-    comma_prob: float = 0.08
-    period_prob: float = 0.15
-    min_sentence_words: int = 3
-    end_prob: float = 0.2
-    shard_tokens: int = 1_000_000
-    tokenizer_train_docs: int = 2000
-    val_max_tokens: int = 0
-    cache_dir: str = "~/.cache/paramgolf/synthetic"
-
-
-# ---------------------------------------------------------------- train (paramgolf.runner / optim)
-
-
-@dataclass
-class NoAveragingConfig:
-    _target_: str = "paramgolf.optim.averaging.NoAveraging"
-
-
-@dataclass
-class EMAConfig:
-    _target_: str = "paramgolf.optim.averaging.EMA"
-    decay: float = 0.997
-    every: int = 1
-    start_step: int = 0
-
-
-@dataclass
-class SWAConfig:
-    _target_: str = "paramgolf.optim.averaging.SWA"
-    every: int = 50
-    start_lr_scale: Optional[float] = 0.2  # snapshot once the LR scale is below this (null: use start_step)
-    start_step: int = 0
-
-
-@dataclass
-class EMASWAConfig:
-    _target_: str = "paramgolf.optim.averaging.EMASWA"
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    swa: SWAConfig = field(default_factory=SWAConfig)
-    select: str = "ema"  # ema | swa | swa_if_snapshots | best_on_validation (test-set selection: non-compliant)
-    swa_source: str = "raw"  # raw | ema (what SWA snapshots)
-    min_snapshots: int = 2  # swa_if_snapshots: SWA needs at least this many
-
-
-@dataclass
-class WarmdownScheduleConfig:
-    _target_: str = "paramgolf.optim.schedules.WarmdownSchedule"
-    _partial_: bool = True
-    warmup_iters: int = 0  # linear LR warm-up (the baseline has none); not train.warmup_steps
-    warmdown_iters: int = 1200
-    warmdown_frac: Optional[float] = None  # instead: the last fraction of the wallclock cap (or iterations)
-    min_scale: float = 0.0
-
-
-@dataclass
-class CosineScheduleConfig:  # the same keys as warmdown: only the shape of the decay differs
-    _target_: str = "paramgolf.optim.schedules.CosineSchedule"
-    _partial_: bool = True
-    warmup_iters: int = 0
-    warmdown_iters: int = 1200
-    warmdown_frac: Optional[float] = 1.0  # 1.0: one cosine over the whole run
-    min_scale: float = 0.0  # floor: min_lr = base lr × min_scale
 
 
 @dataclass
@@ -400,27 +209,11 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- logger (paramgolf.tracking)
-
-
-@dataclass
-class NullLoggerConfig:
-    _target_: str = "paramgolf.tracking.base.NullLogger"
-
-
-@dataclass
-class WandbLoggerConfig:
-    _target_: str = "paramgolf.tracking.wandb_logger.WandbLogger"
-    project: str = "paramgolf"
-    entity: Optional[str] = None
-    mode: WandbMode = WandbMode.offline
-    init_timeout_s: float = 15.0
-    log_artifact: bool = True
-    tags: list[str] = field(default_factory=list)
+NullLoggerConfig = component(NullLogger)
+WandbLoggerConfig = component(WandbLogger)
 
 
 # ---------------------------------------------------------------- root
-
-
 @dataclass
 class Config:
     arch: Any = MISSING
@@ -432,9 +225,9 @@ class Config:
     data: Any = MISSING
     train: Any = MISSING
     logger: Any = MISSING
-    seed: int = 1337
-    budget_bytes: int = 16_000_000
-    name: str = "run"  # candidate name: W&B group, run-name prefix
+    seed: int = 1337  # training seed (the data set has its own: data.seed)
+    budget_bytes: int = 16_000_000  # decimal bytes: code + compressed model
+    name: str = "default"  # candidate name: W&B group, run-name prefix; presets set their own
 
 
 SCHEMAS: dict[str, list[tuple[str, type]]] = {
@@ -448,13 +241,14 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "arch/mtp": [("mtp_schema", MTPHeadsConfig)],
     "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
     "optimizer": [("muon_adam_schema", MuonAdamConfig)],
+    "optimizer/muon": [("per_matrix_schema", PerMatrixMuonConfig), ("parallel_schema", ParallelMuonConfig)],
     "quant": [("quant_schema", QuantConfig)],
-    "quant/quantizer": [("mixed_schema", MixedQuantizerConfig), ("int8_row_schema", Int8PerRowConfig)],
+    "quant/quantizer": [("mixed_schema", MixedQuantizerConfig)],
     "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig),
                     ("sevenzip_schema", SevenZipConfig), ("brotli_schema", BrotliConfig)],
     "ttt": [("none_schema", NoTTTConfig)],
     "eval_cache": [("none_schema", NoEvalCacheConfig)],
-    "eval": [("eval_schema", EvalConfig)],
+    "eval": [("non_overlapping_schema", NonOverlappingEvalConfig), ("sliding_schema", SlidingEvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
     "train": [("train_schema", TrainConfig)],
     "train/averaging": [("none_schema", NoAveragingConfig), ("ema_schema", EMAConfig), ("swa_schema", SWAConfig),
@@ -462,6 +256,16 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "train/schedule": [("warmdown_schema", WarmdownScheduleConfig), ("cosine_schema", CosineScheduleConfig)],
     "logger": [("none_schema", NullLoggerConfig), ("wandb_schema", WandbLoggerConfig)],
 }
+
+
+def _name_schemas() -> None:
+    """Give each generated schema its module-level name, so configs that hold them pickle (submitit)."""
+    for name, obj in list(globals().items()):
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and name.endswith("Config"):
+            obj.__module__, obj.__qualname__, obj.__name__ = __name__, name, name
+
+
+_name_schemas()
 
 
 def register_schemas(extra: dict[str, list[tuple[str, type]]] | None = None) -> None:

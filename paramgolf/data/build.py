@@ -18,6 +18,7 @@ import sentencepiece as spm
 from paramgolf.data.byte_table import build_byte_table
 from paramgolf.data.shards import MAX_TOKEN_ID, ShardError, list_shards, read_shard, write_shard
 from paramgolf.data.tokenizer import file_sha256, load_tokenizer, train_sentencepiece
+from paramgolf.errors import UserError
 
 DEFAULT_SHARD_TOKENS = 10**8  # the official export's shard size
 TOKENIZER_FILENAME = "tokenizer.model"
@@ -27,15 +28,15 @@ def iter_docs(path: str | Path) -> Iterator[str]:
     """The ``text`` field of each line of a JSONL file, streamed."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"documents file not found: {path}")
+        raise UserError(f"documents file not found: {path}")
     with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{path}:{lineno}: expected an object with a string "text" field')
+                raise UserError(f'{path}:{lineno}: expected an object with a string "text" field')
             yield record["text"]
 
 
@@ -55,7 +56,7 @@ def export_split(
 ) -> dict[str, int]:
     """Write [BOS]+tokens of each document to ``fineweb_{split}_NNNNNN.bin`` shards; return counts."""
     if shard_tokens <= 0:
-        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        raise UserError(f"shard_tokens must be positive, got {shard_tokens}")
     buf = np.empty(shard_tokens, dtype=np.uint16)
     stats = {"docs": 0, "tokens": 0, "files": 0}
     fill = 0
@@ -110,7 +111,7 @@ def build_dataset(
     out_dir = Path(out_dir).expanduser()
     num_docs = sum(1 for _ in iter_docs(docs_path))  # also checks every line before any work
     if not 0 < val_docs < num_docs:
-        raise ValueError(
+        raise UserError(
             f"--val-docs={val_docs} must be between 1 and {num_docs - 1}: "
             f"{docs_path} has {num_docs} documents and the rest are the training split"
         )
@@ -129,7 +130,7 @@ def build_dataset(
     sp = load_tokenizer(model_path)
     if int(sp.vocab_size()) != vocab_size:
         hint = "the corpus is too small for that many pieces" if tokenizer is None else "pass the matching --vocab-size"
-        raise ValueError(
+        raise UserError(
             f"tokenizer {model_path} has vocab size {sp.vocab_size()}, but --vocab-size={vocab_size} ({hint})"
         )
 

@@ -17,6 +17,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from paramgolf.errors import UserError
+
 
 @dataclass
 class ByteTable:
@@ -50,7 +52,7 @@ class ByteTable:
             end = min(start + chunk, len(tokens))
             window = _as_long(tokens[start - 1 : end])  # converts one chunk at a time
             if window.numel() and int(window.max()) >= self.size:
-                raise ValueError(
+                raise UserError(
                     f"token id {int(window.max())} is outside the byte table (size {self.size}); "
                     "the tokens do not come from this tokenizer"
                 )

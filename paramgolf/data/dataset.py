@@ -6,13 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from paramgolf.data.loader import load_validation_tokens
-from paramgolf.data.shards import ShardError, list_shards, max_token_id
+from paramgolf.data.shards import ShardError, list_shards, recorded_max_token_id
 from paramgolf.data.synthetic import INFO_FILENAME, SyntheticSpec, build_synthetic_dataset
 from paramgolf.data.build import TOKENIZER_FILENAME
 from paramgolf.data.tokenizer import load_tokenizer
+from paramgolf.errors import UserError
 
 CACHE_ENV = "PARAMGOLF_CACHE"
 
@@ -57,15 +59,15 @@ class FineWebData:
         tok_path = Path(self.tokenizer_path).expanduser()
         hint = "run `paramgolf-data download --variant sp1024` (or point data.data_dir / data.tokenizer_path at your copy)"
         if not data_dir.is_dir():
-            raise ValueError(f"FineWeb data directory not found: {data_dir.resolve()}; {hint}")
+            raise UserError(f"FineWeb data directory not found: {data_dir.resolve()}; {hint}")
         if not tok_path.is_file():
-            raise ValueError(f"tokenizer not found: {tok_path.resolve()}; {hint}")
+            raise UserError(f"tokenizer not found: {tok_path.resolve()}; {hint}")
         if self.val_max_tokens < 0:
-            raise ValueError(f"data.val_max_tokens must be >= 0, got {self.val_max_tokens}")
+            raise UserError(f"data.val_max_tokens must be >= 0, got {self.val_max_tokens}")
         try:
             train, val = list_shards(data_dir, "train"), list_shards(data_dir, "val")
         except ShardError as exc:
-            raise ValueError(f"{exc}; {hint}") from exc
+            raise UserError(f"{exc}; {hint}") from exc
         sp = load_tokenizer(tok_path)
         return DatasetInfo(
             name=data_dir.name,
@@ -143,23 +145,61 @@ class SyntheticData:
         )
 
 
-def check_vocab(info: DatasetInfo, model_vocab_size: int) -> None:
-    """Refuse a model whose vocabulary cannot hold the tokenizer's or the shards' token ids."""
-    files = [*info.val_files, *info.train_files]
-    largest = max_token_id(files)
+def _id_problem(info: DatasetInfo, vocab_size: int, largest: int, where: str) -> str | None:
+    """The one-line complaint about token id ``largest`` found in ``where``, or None when it fits."""
     tok = info.tokenizer_vocab_size
-    problems = []
-    if tok > model_vocab_size:
-        problems.append(f"the tokenizer has more pieces ({tok}) than the model vocab_size ({model_vocab_size})")
-    if largest >= model_vocab_size:
-        problems.append(f"the shards hold token id {largest}, which the model vocab_size ({model_vocab_size}) cannot embed")
-    if largest >= tok:
-        problems.append(f"the shards hold token id {largest}, outside the tokenizer's {tok} pieces (wrong tokenizer?)")
-    if problems:
-        raise ValueError(
-            "vocabulary mismatch: "
-            + "; ".join(problems)
-            + f". tokenizer={info.tokenizer_path} (size {tok}), model vocab_size={model_vocab_size}, "
-            f"largest token id={largest} in {len(files)} shards under {info.data_dir}. "
-            "Set the model's vocab_size to the tokenizer's size or use the matching data."
+    if largest >= vocab_size:
+        return (
+            f"vocabulary mismatch: {where} holds token id {largest}, which arch.vocab_size={vocab_size} cannot embed "
+            f"(tokenizer {info.tokenizer_path} has {tok} pieces); set arch.vocab_size to the size of the tokenizer "
+            "the data was made with, and point data.tokenizer_path at that tokenizer"
         )
+    if largest >= tok:
+        return (
+            f"vocabulary mismatch: {where} holds token id {largest}, outside the {tok} pieces of tokenizer "
+            f"{info.tokenizer_path} (arch.vocab_size={vocab_size}); the data was made with another tokenizer: "
+            "point data.tokenizer_path at it and set arch.vocab_size to its size"
+        )
+    return None
+
+
+def check_vocab(info: DatasetInfo, vocab_size: int) -> None:
+    """Refuse an ``arch.vocab_size`` that cannot embed the data's token ids, reading shard headers only.
+
+    The tokenizer that made the shards bounds their ids, so its size must not exceed
+    ``vocab_size``. Shards written by paramgolf also record their largest id in the
+    header, which is checked too (1 KiB read per shard, never the tokens); downloaded
+    shards record none and rely on the tokenizer bound. Tokens already in memory (the
+    validation split) can be checked for free with ``check_token_ids``.
+    """
+    tok = info.tokenizer_vocab_size
+    if tok > vocab_size:
+        raise UserError(
+            f"vocabulary mismatch: arch.vocab_size={vocab_size} is smaller than the {tok} pieces of tokenizer "
+            f"{info.tokenizer_path}; set arch.vocab_size={tok} or use data made with a tokenizer of at most "
+            f"{vocab_size} pieces"
+        )
+    for path in [*info.val_files, *info.train_files]:
+        largest = recorded_max_token_id(path)
+        if largest is not None:
+            problem = _id_problem(info, vocab_size, largest, f"shard {path} (max id recorded in its header)")
+            if problem:
+                raise UserError(problem)
+
+
+def check_token_ids(info: DatasetInfo, tokens: torch.Tensor | np.ndarray, vocab_size: int,
+                    what: str = "the validation split") -> None:
+    """Refuse loaded ``tokens`` holding an id that ``vocab_size`` or the tokenizer lacks.
+
+    Meant for tokens the caller has in memory anyway (the validation split), so the
+    check costs one pass over them and no reads.
+    """
+    if (tokens.numel() if isinstance(tokens, torch.Tensor) else np.size(tokens)) == 0:
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    where = f"{what} of {info.data_dir}"
+    if lo < 0:
+        raise UserError(f"vocabulary mismatch: {where} holds negative token id {lo}; the data is corrupt: rebuild it")
+    problem = _id_problem(info, vocab_size, hi, where)
+    if problem:
+        raise UserError(problem)

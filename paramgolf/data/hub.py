@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from paramgolf.data.shards import ShardError, read_shard_header
+from paramgolf.errors import UserError
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_PREFIX = "datasets"
@@ -45,7 +46,7 @@ def dataset_name_for_variant(variant: str) -> str:
     """``sp1024`` -> ``fineweb10B_sp1024``; ``byte260`` -> ``fineweb10B_byte260``."""
     if variant == "byte260" or (variant.startswith("sp") and variant[2:].isdigit()):
         return f"fineweb10B_{variant}"
-    raise ValueError(f"unknown --variant {variant!r}: expected byte260 or sp<VOCAB_SIZE> such as sp1024")
+    raise UserError(f"unknown --variant {variant!r}: expected byte260 or sp<VOCAB_SIZE> such as sp1024")
 
 
 def local_path(out: Path, remote_path: str) -> Path:
@@ -99,7 +100,7 @@ def load_manifest(repo_id: str, out: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc.msg}); delete it and download again") from exc
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); delete it and download again") from exc
 
 
 def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool, repo_id: str) -> list[str]:
@@ -108,22 +109,22 @@ def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool,
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if entry is None:
         known = [d.get("name") for d in manifest.get("datasets", [])]
-        raise ValueError(f"dataset {name} is not in the manifest of {repo_id} (it lists {known})")
+        raise UserError(f"dataset {name} is not in the manifest of {repo_id} (it lists {known})")
     stats = entry.get("stats") or {}
     files_train, files_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
     if train_shards < 0:
-        raise ValueError(f"--train-shards must be >= 0, got {train_shards}")
+        raise UserError(f"--train-shards must be >= 0, got {train_shards}")
     if train_shards > files_train:
-        raise ValueError(
+        raise UserError(
             f"--train-shards={train_shards} but {name} on {repo_id} has only {files_train} training shards"
         )
     tok_name = entry.get("tokenizer_name")
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
     if tok is None:
-        raise ValueError(f"tokenizer {tok_name!r} of {name} is not in the manifest of {repo_id}")
+        raise UserError(f"tokenizer {tok_name!r} of {name} is not in the manifest of {repo_id}")
     tok_files = [str(tok[k]) for k in ("model_path", "vocab_path", "path") if tok.get(k)]
     if not tok_files:
-        raise ValueError(f"tokenizer {tok_name!r} in the manifest of {repo_id} lists no files")
+        raise UserError(f"tokenizer {tok_name!r} in the manifest of {repo_id} lists no files")
 
     prefix = f"{REMOTE_PREFIX}/datasets/{name}"
     files = []

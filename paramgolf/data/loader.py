@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from paramgolf.data.shards import ShardError, read_shard, read_shard_header
+from paramgolf.errors import UserError
 
 
 class TokenStream:
@@ -28,8 +29,7 @@ class TokenStream:
             raise ShardError(f"all {len(self.files)} shards are empty: {[str(f) for f in self.files]}")
         self.file_idx = 0
         self.tokens = read_shard(self.files[0])
-        if not 0 <= start <= len(self.tokens):
-            raise ValueError(f"start={start} is outside {self.files[0]} ({len(self.tokens)} tokens)")
+        assert 0 <= start <= len(self.tokens), f"start={start} is outside {self.files[0]} ({len(self.tokens)} tokens)"
         self.pos = start
 
     def _advance_file(self) -> None:
@@ -74,8 +74,7 @@ class DistributedTokenLoader:
     """Hands each rank its span of the shared token stream, as (inputs, targets)."""
 
     def __init__(self, files: Sequence[str | Path], rank: int, world_size: int, seed: int = 0):
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} is not valid for world_size={world_size}")
+        assert world_size >= 1 and 0 <= rank < world_size, f"rank={rank} is not valid for world_size={world_size}"
         self.rank = rank
         self.world_size = world_size
         ordered, start = shard_order(files, seed)
@@ -86,10 +85,9 @@ class DistributedTokenLoader:
 
         Consumes world_size * (micro_tokens + 1) tokens; the +1 lets y be x shifted by one.
         """
-        if seq_len <= 0 or micro_tokens <= 0 or micro_tokens % seq_len:
-            raise ValueError(
-                f"micro_tokens={micro_tokens} must be a positive multiple of seq_len={seq_len}"
-            )
+        # micro_batch_plan checked train.batch_tokens/micro_batches/seq_len up front.
+        assert seq_len > 0 and micro_tokens > 0 and micro_tokens % seq_len == 0, (
+            f"micro_tokens={micro_tokens} must be a positive multiple of seq_len={seq_len}")
         span = micro_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))
@@ -103,7 +101,7 @@ def load_validation_tokens(files: Sequence[str | Path], seq_len: int) -> torch.T
     tokens = np.concatenate([read_shard(f, mmap=False) for f in files])
     usable = ((len(tokens) - 1) // seq_len) * seq_len
     if usable <= 0:
-        raise ValueError(
+        raise UserError(
             f"validation set of {len(tokens)} tokens in {[str(f) for f in files]} is too short "
             f"for seq_len={seq_len}; need at least {seq_len + 1} tokens"
         )

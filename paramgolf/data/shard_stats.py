@@ -6,6 +6,7 @@ from pathlib import Path
 from paramgolf.data.byte_table import build_byte_table
 from paramgolf.data.shards import read_shard
 from paramgolf.data.tokenizer import load_tokenizer
+from paramgolf.errors import UserError
 
 
 def inspect_shard(path: str | Path, tokenizer: str | Path) -> dict:
@@ -18,7 +19,7 @@ def inspect_shard(path: str | Path, tokenizer: str | Path) -> dict:
     sp = load_tokenizer(tokenizer)
     largest = int(tokens.max()) if tokens.size else -1
     if largest >= sp.vocab_size():
-        raise ValueError(
+        raise UserError(
             f"{path} holds token id {largest} but {tokenizer} has only {sp.vocab_size()} pieces; "
             "pass the tokenizer the shard was made with"
         )

@@ -2,17 +2,23 @@
 
 A shard is a header of 256 little-endian int32 followed by ``count`` little-endian
 uint16 tokens. Header slot 0 holds the magic number, slot 1 the version, slot 2 the
-token count; the other slots are zero. This is what the official FineWeb export
-writes and what ``train_gpt.py`` reads.
+token count; the official export leaves the other slots zero, and ``train_gpt.py``
+reads only the first three. This is what the official FineWeb export writes.
+
+Shards written by paramgolf also record their largest token id in two unused slots:
+slot 3 holds the tag ``MAX_ID_TAG`` and slot 4 the id (-1 for an empty shard). A
+vocabulary check then reads 1 KiB per shard instead of the whole file; a shard without
+the tag (a downloaded one) records nothing, and its tokenizer bounds its ids.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from paramgolf.errors import UserError
+from paramgolf.fsio import write_atomic
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -20,23 +26,12 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4  # 1024
 TOKEN_BYTES = 2
 MAX_TOKEN_ID = 2**16 - 1
+MAX_ID_TAG_SLOT, MAX_ID_SLOT = 3, 4  # unused by the official format
+MAX_ID_TAG = 0x50474D58  # b"XMGP" little-endian: "paramgolf recorded the max id"
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard file that does not follow the format (or a request it cannot satisfy)."""
-
-
-def _default_mode(directory: bool = False) -> int:
-    """Permissions a plain open()/mkdir() would give, which mkstemp/mkdtemp do not (0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def publish(tmp: str | Path, dest: str | Path) -> None:
-    """Give a finished temporary file or directory normal permissions and its final name, atomically."""
-    os.chmod(tmp, _default_mode(directory=Path(tmp).is_dir()))
-    os.replace(tmp, dest)
 
 
 def write_shard(path: str | Path, tokens: Iterable[int] | np.ndarray) -> None:
@@ -49,31 +44,25 @@ def write_shard(path: str | Path, tokens: Iterable[int] | np.ndarray) -> None:
         raise ShardError(f"{path}: tokens must be integers, got dtype {toks.dtype}")
     if toks.size >= 2**31:
         raise ShardError(f"{path}: {toks.size} tokens do not fit the int32 count in the header")
+    largest = -1
     if toks.size:
-        lo, hi = int(toks.min()), int(toks.max())
-        if lo < 0 or hi > MAX_TOKEN_ID:
-            bad = lo if lo < 0 else hi
+        lo, largest = int(toks.min()), int(toks.max())
+        if lo < 0 or largest > MAX_TOKEN_ID:
+            bad = lo if lo < 0 else largest
             raise ShardError(
                 f"{path}: token id {bad} cannot be stored as uint16 (allowed 0..{MAX_TOKEN_ID}); "
                 "is the tokenizer's vocabulary larger than 65536?"
             )
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, toks.size
-    path.parent.mkdir(parents=True, exist_ok=True)
+    header[MAX_ID_TAG_SLOT], header[MAX_ID_SLOT] = MAX_ID_TAG, largest
+    body = np.ascontiguousarray(toks.astype("<u2", copy=False))
     # A crash mid-write must never leave a truncated shard under the final name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(toks.astype("<u2", copy=False).tobytes())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (header.tobytes(), memoryview(body).cast("B")))
 
 
-def read_shard_header(path: str | Path) -> int:
-    """Validate the header and file size of a shard; return its token count."""
+def _read_header(path: str | Path) -> tuple[int, np.ndarray]:
+    """Validate the header and file size of a shard; return its token count and header."""
     path = Path(path)
     if not path.is_file():
         raise ShardError(f"{path}: shard file not found")
@@ -96,7 +85,30 @@ def read_shard_header(path: str | Path) -> int:
             f"{path}: file size mismatch: header says {count} tokens, so expected "
             f"{expected} bytes, found {size} bytes"
         )
-    return count
+    return count, header
+
+
+def read_shard_header(path: str | Path) -> int:
+    """Validate the header and file size of a shard; return its token count."""
+    return _read_header(path)[0]
+
+
+def recorded_max_token_id(path: str | Path) -> int | None:
+    """The largest token id a shard's header records (-1: empty shard), None when it records none.
+
+    Reads only the header. Downloaded (official) shards record nothing; shards written
+    by ``write_shard`` always do.
+    """
+    count, header = _read_header(path)
+    if int(header[MAX_ID_TAG_SLOT]) != MAX_ID_TAG:
+        return None
+    largest = int(header[MAX_ID_SLOT])
+    if not (largest == -1 if count == 0 else 0 <= largest <= MAX_TOKEN_ID):
+        raise ShardError(
+            f"{path}: header records max token id {largest}, impossible for a shard of {count} tokens; "
+            "the file is corrupt: rebuild it"
+        )
+    return largest
 
 
 def read_shard(path: str | Path, mmap: bool = True) -> np.ndarray:
@@ -122,13 +134,3 @@ def list_shards(data_dir: str | Path, split: str) -> list[Path]:
             "run `paramgolf-data download --variant sp1024` or `paramgolf-data build` first"
         )
     return files
-
-
-def max_token_id(files: Iterable[str | Path]) -> int:
-    """Largest token id across shards (-1 when they hold no tokens)."""
-    best = -1
-    for f in files:
-        toks = read_shard(f)
-        if toks.size:
-            best = max(best, int(toks.max()))
-    return best

@@ -36,14 +36,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from paramgolf.data.build import TOKENIZER_FILENAME, clear_shards, export_split
 from paramgolf.data.byte_table import build_byte_table
-from paramgolf.data.shards import publish
 from paramgolf.data.tokenizer import file_sha256, load_tokenizer, train_sentencepiece
+from paramgolf.errors import UserError
+from paramgolf.fsio import publish
 
 # Bump when the generator changes, so cached datasets from older code are not reused.
 GENERATOR_VERSION = 1
@@ -97,7 +97,7 @@ class SyntheticSpec:
         }
         for key, ok in checks.items():
             if not ok:
-                raise ValueError(f"synthetic data: invalid {key}={getattr(self, key)!r}")
+                raise UserError(f"synthetic data: invalid {key}={getattr(self, key)!r}")
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -188,11 +188,11 @@ class SyntheticLanguage:
             at_start = not seps or seps[-1] == PERIOD
             lower = word.lower()
             if lower not in self.index or word != (lower.capitalize() if at_start else lower):
-                raise ValueError(f"not a word of this language here: {word!r}")
+                raise UserError(f"not a word of this language here: {word!r}")
             words.append(self.index[lower])
             seps.append({" ": SPACE, ", ": COMMA, ". ": PERIOD, ".": PERIOD}[sep])
         if pos != len(text) or not text.endswith("."):
-            raise ValueError(f"not a document of this language: cannot parse at character {pos}")
+            raise UserError(f"not a document of this language: cannot parse at character {pos}")
         return words, seps
 
     def log2_prob(self, text: str) -> float:
@@ -203,7 +203,7 @@ class SyntheticLanguage:
         for i, sep in enumerate(seps):
             p = self.separator_probs(n)[sep]
             if p <= 0:
-                raise ValueError(f"separator {sep} is impossible after word {n} of a sentence")
+                raise UserError(f"separator {sep} is impossible after word {n} of a sentence")
             bits -= math.log2(p)
             if sep == PERIOD:
                 last = i == len(seps) - 1
@@ -263,7 +263,7 @@ def _make_lexicon(size: int, rng: np.random.Generator) -> list[str]:
     while len(words) < size:
         attempts += 1
         if attempts > 1000 * size:
-            raise ValueError(f"synthetic data: cannot make {size} distinct words; lower lexicon_size")
+            raise UserError(f"synthetic data: cannot make {size} distinct words; lower lexicon_size")
         n_syl = 1 + int(rng.choice(len(_SYLLABLE_COUNT_PROBS), p=_SYLLABLE_COUNT_PROBS))
         word = "".join(
             _ONSETS[rng.integers(len(_ONSETS))] + _NUCLEI[rng.integers(len(_NUCLEI))] + _CODAS[rng.integers(len(_CODAS))]
@@ -287,7 +287,7 @@ def _build_into(spec: SyntheticSpec, out_dir: Path) -> dict:
     model_path = train_sentencepiece(tok_docs, spec.vocab_size, out_dir / Path(TOKENIZER_FILENAME).stem)
     sp = load_tokenizer(model_path)
     if sp.vocab_size() != spec.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"synthetic data: the tokenizer only reached {sp.vocab_size()} pieces for vocab_size="
             f"{spec.vocab_size}; raise tokenizer_train_docs or lower vocab_size"
         )
@@ -354,11 +354,3 @@ def build_synthetic_dataset(spec: SyntheticSpec, cache_root: str | Path) -> Path
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return final
-
-
-def iter_docs(spec: SyntheticSpec, split: str, num_docs: int | None = None) -> Iterator[str]:
-    """The texts of a split (the same ones the dataset was built from)."""
-    lang = SyntheticLanguage(spec)
-    n = num_docs if num_docs is not None else (spec.train_docs if split == "train" else spec.val_docs)
-    texts, _ = lang.sample(n, split)
-    yield from texts

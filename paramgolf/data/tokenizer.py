@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
-from paramgolf.data.shards import publish
+from paramgolf.errors import UserError
+from paramgolf.fsio import write_atomic
 
 # The SentencePiece trainer silently drops every input "sentence" longer than
 # max_sentence_length bytes (default 4192). Whole documents are usually longer, so we
@@ -41,7 +40,7 @@ def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
     """Load a SentencePiece ``.model`` file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"tokenizer model not found: {path} "
             "(run `paramgolf-data download --variant sp1024` or pass the right path)"
         )
@@ -49,7 +48,7 @@ def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
     try:
         sp.load(str(path))
     except (OSError, RuntimeError) as exc:
-        raise ValueError(f"cannot read SentencePiece model {path}: {exc}") from exc
+        raise UserError(f"cannot read SentencePiece model {path}: {exc}") from exc
     return sp
 
 
@@ -111,7 +110,7 @@ def train_sentencepiece(
     One thread keeps the result deterministic.
     """
     if vocab_size < 8:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a SentencePiece BPE model")
+        raise UserError(f"vocab_size={vocab_size} is too small for a SentencePiece BPE model")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     model_path = out_prefix.with_name(out_prefix.name + ".model")
@@ -127,9 +126,5 @@ def train_sentencepiece(
             **CHALLENGE_TRAINER_SETTINGS,
         )
     except RuntimeError as exc:
-        raise ValueError(f"SentencePiece training for {model_path} failed: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{model_path.name}.", suffix=".tmp", dir=model_path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(proto.getvalue())
-    publish(tmp, model_path)
-    return model_path
+        raise UserError(f"SentencePiece training for {model_path} failed: {exc}") from exc
+    return write_atomic(model_path, proto.getvalue())

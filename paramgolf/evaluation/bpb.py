@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from paramgolf.errors import UserError
+
 
 class ByteCounter(Protocol):
     """What evaluation needs from a tokenizer byte table (`paramgolf.data.byte_table.ByteTable`)."""
@@ -50,7 +52,7 @@ class EvalResult:
 def bpb_from_sums(nll_sum_nats: float, num_bytes: float) -> float:
     """Bits per byte from a summed nll in nats and the byte count of the same tokens."""
     if num_bytes <= 0:
-        raise ValueError(f"bits per byte needs a positive byte count, got num_bytes={num_bytes}")
+        raise UserError(f"bits per byte needs a positive byte count, got num_bytes={num_bytes}")
     return nll_sum_nats / (math.log(2.0) * num_bytes)
 
 
@@ -63,25 +65,24 @@ def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
 
 def as_token_tensor(val_tokens: Tensor) -> Tensor:
     """Validation tokens as a 1-D int64 CPU tensor (shards may be stored as uint16)."""
-    if val_tokens.dim() != 1:
-        raise ValueError(f"val_tokens must be a 1-D tensor of token ids, got shape {tuple(val_tokens.shape)}")
-    if val_tokens.dtype.is_floating_point or val_tokens.dtype.is_complex or val_tokens.dtype == torch.bool:
-        raise ValueError(f"val_tokens must hold integer token ids, got dtype {val_tokens.dtype}")
+    assert val_tokens.dim() == 1, f"val_tokens must be a 1-D tensor of token ids, got shape {tuple(val_tokens.shape)}"
+    assert not (val_tokens.dtype.is_floating_point or val_tokens.dtype.is_complex or val_tokens.dtype == torch.bool), (
+        f"val_tokens must hold integer token ids, got dtype {val_tokens.dtype}")
     return val_tokens.detach().to(device="cpu", dtype=torch.int64)
 
 
 def check_batch_seqs(batch_seqs: int) -> None:
     if batch_seqs < 1:
-        raise ValueError(f"eval.batch_seqs must be >= 1 (sequences per forward pass), got {batch_seqs}")
+        raise UserError(f"eval.batch_seqs must be >= 1 (sequences per forward pass), got {batch_seqs}")
 
 
 def check_ranks(rank: int, world_size: int) -> None:
     """Catch a rank/world size that disagrees with the process group: the shards would overlap."""
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        raise RuntimeError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     if dist.is_available() and dist.is_initialized():
         if (rank, world_size) != (dist.get_rank(), dist.get_world_size()):
-            raise ValueError(
+            raise RuntimeError(
                 f"rank={rank}, world_size={world_size} disagree with torch.distributed "
                 f"(rank {dist.get_rank()} of {dist.get_world_size()}); pass the process group's values"
             )
@@ -110,7 +111,7 @@ def score_batch(
     """float64 [nll sum, token count, byte count] over the targets `y` that `score_mask` selects (all if None)."""
     logits = model(x)
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
-        raise ValueError(
+        raise RuntimeError(
             f"model(idx) must return logits [B, T, V] for idx [B, T]; got {tuple(logits.shape)} for {tuple(x.shape)}"
         )
     nll = token_nll(logits, y).double()
@@ -143,7 +144,7 @@ def finish(
     """Turn all-reduced [nll sum, tokens, bytes] into an EvalResult."""
     nll_sum, num_tokens, num_bytes = all_reduce_sums(sums).tolist()
     if num_tokens <= 0:
-        raise ValueError("evaluation scored no tokens: val_tokens is too short for eval.seq_len")
+        raise UserError("evaluation scored no tokens: val_tokens is too short for eval.seq_len")
     return EvalResult(
         val_loss=nll_sum / num_tokens,
         val_bpb=bpb_from_sums(nll_sum, num_bytes),
@@ -180,10 +181,10 @@ def evaluate_non_overlapping(
     check_batch_seqs(batch_seqs)
     check_ranks(rank, world_size)
     if seq_len < 1:
-        raise ValueError(f"eval.seq_len must be >= 1, got {seq_len}")
+        raise UserError(f"eval.seq_len must be >= 1, got {seq_len}")
     total_seqs = (tokens.numel() - 1) // seq_len
     if total_seqs < 1:
-        raise ValueError(
+        raise UserError(
             f"val_tokens has {tokens.numel()} tokens, fewer than eval.seq_len + 1 = {seq_len + 1}; "
             "lower eval.seq_len or use more validation data"
         )

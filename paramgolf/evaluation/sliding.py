@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from paramgolf.errors import UserError
 from paramgolf.evaluation.bpb import (
     ByteCounter,
     EvalResult,
@@ -20,14 +21,10 @@ from paramgolf.evaluation.bpb import (
     check_batch_seqs,
     check_ranks,
     eval_mode,
-    evaluate_non_overlapping,
     finish,
     progress_bar,
     score_batch,
 )
-
-METHODS = ("non_overlapping", "sliding")
-
 
 class Window(NamedTuple):
     """tokens[start:end] is one forward pass (inputs [:-1], targets [1:]); targets tokens[score_from:end] are scored."""
@@ -39,9 +36,9 @@ class Window(NamedTuple):
 
 def check_stride(stride: int, seq_len: int) -> None:
     if seq_len < 1:
-        raise ValueError(f"eval.seq_len must be >= 1, got {seq_len}")
+        raise UserError(f"eval.seq_len must be >= 1, got {seq_len}")
     if not 1 <= stride <= seq_len:
-        raise ValueError(
+        raise UserError(
             f"eval.stride must satisfy 1 <= stride <= seq_len ({seq_len}), got {stride}; "
             "stride = seq_len scores like non-overlapping evaluation, smaller strides give more context"
         )
@@ -52,7 +49,7 @@ def num_sliding_windows(num_tokens: int, seq_len: int, stride: int) -> int:
     check_stride(stride, seq_len)
     num_targets = num_tokens - 1
     if num_targets < 1:
-        raise ValueError(f"sliding evaluation needs at least 2 validation tokens, got {num_tokens}")
+        raise UserError(f"sliding evaluation needs at least 2 validation tokens, got {num_tokens}")
     if num_targets <= seq_len:
         return 1
     num_regular = (num_targets - seq_len) // stride + 1
@@ -129,37 +126,3 @@ def evaluate_sliding(
             bar.update(1)
         bar.close()
         return finish(sums, method="sliding", seq_len=seq_len, stride=stride, started=started)
-
-
-def evaluate(
-    model: nn.Module,
-    val_tokens: Tensor,
-    byte_table: ByteCounter,
-    *,
-    method: str,
-    seq_len: int,
-    batch_seqs: int,
-    device: torch.device | str,
-    stride: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = False,
-) -> EvalResult:
-    """Run the evaluation `method` names ("non_overlapping" or "sliding"; sliding needs `stride`)."""
-    common = dict(
-        seq_len=seq_len,
-        batch_seqs=batch_seqs,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
-    )
-    if method == "non_overlapping":
-        return evaluate_non_overlapping(model, val_tokens, byte_table, **common)
-    if method == "sliding":
-        if stride is None:
-            raise ValueError(f"eval.stride must be set for eval.method=sliding (1 <= stride <= {seq_len})")
-        return evaluate_sliding(model, val_tokens, byte_table, stride=stride, **common)
-    raise ValueError(f"eval.method must be one of {METHODS}, got {method!r}")

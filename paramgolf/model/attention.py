@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramgolf.model.layers import CastedLinear, rms_norm
+from paramgolf.errors import UserError
+from paramgolf.model.layers import CastedLinear, control_parameter, rms_norm
 from paramgolf.model.rotary import Rotary
 from paramgolf.model.xsa import exclusive_self_attention
 
@@ -13,10 +14,6 @@ try:  # FlashAttention-3 (Hopper); absent on CPU machines.
     from flash_attn_interface import flash_attn_func as _fa3_func
 except ImportError:  # pragma: no cover - depends on the machine
     _fa3_func = None
-
-
-def fa3_available() -> bool:
-    return _fa3_func is not None and torch.cuda.is_available()
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = None) -> Tensor:
@@ -52,16 +49,19 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, layer: int = 0, num_layers: int = 1, num_heads: int = 8, num_kv_heads: int = 4,
                  rope_base: float = 10000.0, qk_gain_init: float = 1.5, rope_dims: int | None = None,
                  rope_train_seq_len: int | None = None, xsa_layers: list[int] | None = None, xsa_last_n: int = 0,
-                 gated: bool = False, value_residual: bool = False):
+                 gated: bool = False, value_residual: bool = False, gate_bias_init: float = 4.0,
+                 value_residual_first_init: float = 0.5, value_residual_self_init: float = 0.5):
+        """`gate_bias_init`: the gated-attention gate's bias at init (sigmoid(4) ≈ 0.982, nearly open);
+        `value_residual_first_init` / `_self_init`: the value residual's λ0 (first layer's values) / λ1 (own)."""
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"arch.model_dim={dim} must be divisible by arch.attention.num_heads={num_heads}")
+            raise UserError(f"arch.model_dim={dim} must be divisible by arch.attention.num_heads={num_heads}")
         if num_heads % num_kv_heads:
-            raise ValueError(
+            raise UserError(
                 f"arch.attention.num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
         xsa = set(xsa_layers or []) | set(range(max(0, num_layers - xsa_last_n), num_layers))
         if any(not 0 <= i < num_layers for i in xsa):
-            raise ValueError(f"arch.attention.xsa_layers={sorted(xsa)}: layers must be in 0..{num_layers - 1}")
+            raise UserError(f"arch.attention.xsa_layers={sorted(xsa)}: layers must be in 0..{num_layers - 1}")
         self.layer, self.use_xsa = layer, layer in xsa
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
@@ -70,10 +70,11 @@ class CausalSelfAttention(nn.Module):
         self.c_k = CastedLinear(dim, kv_dim)
         self.c_v = CastedLinear(dim, kv_dim)
         self.proj = CastedLinear(dim, dim, zero_init=True)
-        self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
+        self.q_gain = control_parameter(torch.full((num_heads,), float(qk_gain_init)))
         self.rotary = Rotary(self.head_dim, base=rope_base, rope_dims=rope_dims, train_seq_len=rope_train_seq_len)
-        self.attn_gate = HeadGate(dim, num_heads) if gated else None
-        self.value_residual = ValueResidual() if value_residual else None
+        self.attn_gate = HeadGate(dim, num_heads, bias_init=gate_bias_init) if gated else None
+        self.value_residual = (ValueResidual(first_init=value_residual_first_init, self_init=value_residual_self_init)
+                               if value_residual else None)
 
     def forward(self, x: Tensor, v_extra: Tensor | None = None, state: dict | None = None) -> Tensor:
         """x: normalised block input; v_extra: added to the values (VE); state: shared across layers."""
@@ -100,10 +101,13 @@ class HeadGate(nn.Module):
     """Gated attention: sigmoid(x W + b) per head scales that head's output (W = 0, b = 4 → gate ≈ 0.982)."""
 
     def __init__(self, dim: int, num_heads: int, bias_init: float = 4.0):
+        """`bias_init`: the gate's bias at init; the weight starts at zero, so every gate is sigmoid(bias_init)."""
         super().__init__()
         self.proj = nn.Linear(dim, num_heads)
         nn.init.zeros_(self.proj.weight)
         nn.init.constant_(self.proj.bias, bias_init)
+        control_parameter(self.proj.weight)  # a gate, weight and bias alike (the records train it with Adam)
+        control_parameter(self.proj.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.proj(x))
@@ -112,9 +116,10 @@ class HeadGate(nn.Module):
 class ValueResidual(nn.Module):
     """The first layer's values blended into later layers': v ← λ0·v_first + λ1·v (λ = [0.5, 0.5])."""
 
-    def __init__(self):
+    def __init__(self, first_init: float = 0.5, self_init: float = 0.5):
+        """`first_init`: λ0 at init, the weight of the first layer's values; `self_init`: λ1, the layer's own."""
         super().__init__()
-        self.vr_lambda = nn.Parameter(torch.tensor([0.5, 0.5]))
+        self.vr_lambda = control_parameter(torch.tensor([float(first_init), float(self_init)]))
 
     def forward(self, v: Tensor, state: dict) -> Tensor:
         if "v_first" not in state:  # the first layer to run keeps its own values and publishes them

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from paramgolf.model.layers import RMSNorm
+from paramgolf.model.layers import RMSNorm, control_parameter
 
 
 class Block(nn.Module):
@@ -16,18 +16,22 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, attn: nn.Module | None, mlp: nn.Module | None, depth_scale: float = 1.0,
-                 scale_where: str = "input"):
+                 scale_where: str = "input", attn_scale_init: float = 1.0, mlp_scale_init: float = 1.0,
+                 resid_mix_init: float = 1.0, resid_mix_x0_init: float = 0.0):
+        """`attn_scale_init` / `mlp_scale_init`: the per-channel branch scales at init; `resid_mix_init` /
+        `resid_mix_x0_init`: the mix's weights m0 on the stream and m1 on x0 at init."""
         super().__init__()
-        if scale_where not in ("input", "output"):
-            raise ValueError(f"arch.depth_scale={scale_where!r} must be none, input or output")
+        # GPT checks arch.depth_scale and passes "input" for none.
+        assert scale_where in ("input", "output"), f"scale_where={scale_where!r} must be input or output"
         self.depth_scale, self.scale_where = depth_scale, scale_where
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
         self.attn = attn
         self.mlp = mlp
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+        self.attn_scale = control_parameter(torch.full((dim,), float(attn_scale_init)))
+        self.mlp_scale = control_parameter(torch.full((dim,), float(mlp_scale_init)))
+        self.resid_mix = control_parameter(torch.stack((torch.full((dim,), float(resid_mix_init)),
+                                                        torch.full((dim,), float(resid_mix_x0_init)))))
 
     def forward(self, x: Tensor, x0: Tensor, v_extra: Tensor | None = None, state: dict | None = None,
                 core: nn.Module | None = None) -> Tensor:

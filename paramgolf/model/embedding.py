@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from paramgolf.model.layers import set_role
+
 
 class TokenEmbedding(nn.Embedding):
     """Token embedding table, normal(0, init_std) initialised; reused as the output head when tied."""
@@ -11,3 +13,4 @@ class TokenEmbedding(nn.Embedding):
         super().__init__(vocab_size, dim)
         self.init_std = init_std
         nn.init.normal_(self.weight, mean=0.0, std=init_std)
+        set_role(self.weight, "embedding")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramgolf.errors import UserError
 from paramgolf.model.layers import CastedLinear
 
 
@@ -18,7 +19,7 @@ class LeakyReluSquaredMLP(nn.Module):
         super().__init__()
         hidden = int(mult * dim)  # the records use int(mult * dim): 3.0 × 512 → 1536
         if hidden <= 0:
-            raise ValueError(f"arch.mlp.mult={mult} gives an empty hidden layer")
+            raise UserError(f"arch.mlp.mult={mult} gives an empty hidden layer")
         self.negative_slope = negative_slope
         self.fc = CastedLinear(dim, hidden)
         self.proj = CastedLinear(hidden, dim, zero_init=True)

@@ -5,10 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramgolf.model.layers import CastedLinear
-
-# Parameters under this prefix exist only while training; the artifact never holds them.
-TRAINING_ONLY_PREFIX = "mtp."
+from paramgolf.errors import UserError
+from paramgolf.model.layers import CastedLinear, set_role
 
 
 class MTPHeads(nn.Module):
@@ -20,9 +18,11 @@ class MTPHeads(nn.Module):
     def __init__(self, model_dim: int, vocab_size: int, logit_softcap: float, count: int = 2, weight: float = 0.15):
         super().__init__()
         if count < 1 or weight < 0:
-            raise ValueError(f"arch.mtp: count={count} must be ≥ 1 and weight={weight} ≥ 0")
+            raise UserError(f"arch.mtp: count={count} must be ≥ 1 and weight={weight} ≥ 0")
         self.weight, self.logit_softcap = weight, logit_softcap
         self.heads = nn.ModuleList(CastedLinear(model_dim, vocab_size, zero_init=True) for _ in range(count))
+        for head in self.heads:
+            set_role(head.weight, "head")
 
     def loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """hidden: (B, T, d) after the final norm; targets: (B, T) next tokens of the main head."""

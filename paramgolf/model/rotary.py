@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from paramgolf.errors import UserError
+
 
 class Rotary(nn.Module):
     """Rotates the first `rope_dims` dims of each head (all by default) by position-dependent angles.
@@ -18,9 +20,9 @@ class Rotary(nn.Module):
         super().__init__()
         r = head_dim if rope_dims is None else rope_dims
         if r % 2 or not 0 < r <= head_dim:
-            raise ValueError(f"arch.attention.rope_dims={r} must be even and in 1..head_dim={head_dim}")
+            raise UserError(f"arch.attention.rope_dims={r} must be even and in 1..head_dim={head_dim}")
         if train_seq_len is not None and train_seq_len < 1:
-            raise ValueError(f"arch.attention.rope_train_seq_len={train_seq_len} must be ≥ 1")
+            raise UserError(f"arch.attention.rope_train_seq_len={train_seq_len} must be ≥ 1")
         self.rope_dims, self.base, self.train_seq_len = r, base, train_seq_len
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 

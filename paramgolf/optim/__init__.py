@@ -1,7 +1,7 @@
 """Optimizers (Muon, Parallel Muon, AdamW via parameter rules), LR/momentum schedules, weight averaging."""
 from paramgolf.optim.averaging import EMA, EMASWA, SWA, NoAveraging, WeightAveraging
 from paramgolf.optim.builder import OptimizerSet, build_optimizer
-from paramgolf.optim.groups import BASELINE_RULES, ParamRule, assign_params, baseline_rules
+from paramgolf.optim.groups import ParamRule, assign_params
 from paramgolf.optim.muon import Muon, zeropower_via_newtonschulz5
 from paramgolf.optim.parallel_muon import ParallelMuon
 from paramgolf.optim.schedules import (CosineSchedule, LRSchedule, WarmdownSchedule, momentum_warmup,
@@ -9,7 +9,6 @@ from paramgolf.optim.schedules import (CosineSchedule, LRSchedule, WarmdownSched
 from paramgolf.optim.simple import build_simple_optimizer
 
 __all__ = [
-    "BASELINE_RULES",
     "EMA",
     "EMASWA",
     "SWA",
@@ -23,7 +22,6 @@ __all__ = [
     "WarmdownSchedule",
     "WeightAveraging",
     "assign_params",
-    "baseline_rules",
     "build_optimizer",
     "build_simple_optimizer",
     "momentum_warmup",

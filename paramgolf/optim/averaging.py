@@ -12,10 +12,12 @@ labels such a result non-compliant.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from paramgolf.errors import UserError
 
 
 def _float_weights(model: nn.Module) -> dict[str, Tensor]:
@@ -81,11 +83,11 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.997, every: int = 1, start_step: int = 0) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"train.averaging.decay must be in [0, 1), got {decay}")
+            raise UserError(f"train.averaging.decay must be in [0, 1), got {decay}")
         if every < 1:
-            raise ValueError(f"train.averaging.every must be >= 1, got {every}")
+            raise UserError(f"train.averaging.every must be >= 1, got {every}")
         if start_step < 0:
-            raise ValueError(f"train.averaging.start_step must be >= 0, got {start_step}")
+            raise UserError(f"train.averaging.start_step must be >= 0, got {start_step}")
         self.decay = decay
         self.every = every
         self.start_step = start_step
@@ -143,11 +145,11 @@ class SWA(WeightAveraging):
 
     def __init__(self, every: int = 50, start_lr_scale: float | None = 0.2, start_step: int = 0) -> None:
         if every < 1:
-            raise ValueError(f"train.averaging.every must be >= 1, got {every}")
+            raise UserError(f"train.averaging.every must be >= 1, got {every}")
         if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
-            raise ValueError(f"train.averaging.start_lr_scale must be in (0, 1] or null, got {start_lr_scale}")
+            raise UserError(f"train.averaging.start_lr_scale must be in (0, 1] or null, got {start_lr_scale}")
         if start_step < 0:
-            raise ValueError(f"train.averaging.start_step must be >= 0, got {start_step}")
+            raise UserError(f"train.averaging.start_step must be >= 0, got {start_step}")
         self.every = every
         self.start_lr_scale = start_lr_scale
         self.start_step = start_step
@@ -217,14 +219,16 @@ class EMASWA(WeightAveraging):
 
     name = "ema_swa"
 
-    def __init__(self, ema: EMA, swa: SWA, select: str = "ema", swa_source: str = "raw",
+    def __init__(self, ema: EMA, swa: SWA,
+                 select: Literal["ema", "swa", "swa_if_snapshots", "best_on_validation"] = "ema",
+                 swa_source: Literal["raw", "ema"] = "raw",
                  min_snapshots: int = 2) -> None:
         if select not in SELECT_RULES:
-            raise ValueError(f"train.averaging.select={select!r} is not one of {', '.join(SELECT_RULES)}")
+            raise UserError(f"train.averaging.select={select!r} is not one of {', '.join(SELECT_RULES)}")
         if swa_source not in ("raw", "ema"):
-            raise ValueError(f"train.averaging.swa_source={swa_source!r} must be raw or ema")
+            raise UserError(f"train.averaging.swa_source={swa_source!r} must be raw or ema")
         if min_snapshots < 1:
-            raise ValueError(f"train.averaging.min_snapshots must be >= 1, got {min_snapshots}")
+            raise UserError(f"train.averaging.min_snapshots must be >= 1, got {min_snapshots}")
         self.ema, self.swa = ema, swa
         self.select, self.swa_source, self.min_snapshots = select, swa_source, min_snapshots
         self.selects_on_validation = select == "best_on_validation"

@@ -10,18 +10,17 @@ trainable parameter not in `self_synced_params()` (multi-process), `set_lr_scale
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
 from paramgolf.optim.groups import ParamRule, as_rule, assign_params, assignment_summary
 from paramgolf.optim.muon import Muon
-from paramgolf.optim.parallel_muon import ParallelMuon
 from paramgolf.optim.schedules import momentum_warmup
 
-MUON_IMPLS: dict[str, type[Muon]] = {"muon": Muon, "parallel": ParallelMuon}
 
 class OptimizerSet:
     """Muon for the `muon` rules and AdamW for the `adam` rules, one param group per rule.
@@ -50,24 +49,24 @@ class OptimizerSet:
         adam_betas: Sequence[float] = (0.9, 0.95),
         adam_eps: float = 1e-8,
         grad_clip_norm: float = 0.0,
-        muon_class: type[Muon] = Muon,
-        muon_kwargs: Mapping[str, Any] | None = None,
+        muon_class: Callable[..., Muon] = Muon,
         grad_scale: Mapping[str, float] | None = None,
+        roles: Mapping[str, str] | None = None,
     ) -> None:
         if len(adam_betas) != 2:
-            raise ValueError(f"optimizer.adam_betas must hold two numbers (beta1, beta2), got {list(adam_betas)}")
+            raise UserError(f"optimizer.adam_betas must hold two numbers (beta1, beta2), got {list(adam_betas)}")
         if grad_clip_norm < 0:
-            raise ValueError(f"optimizer.grad_clip_norm must be >= 0 (0 disables clipping), got {grad_clip_norm}")
+            raise UserError(f"optimizer.grad_clip_norm must be >= 0 (0 disables clipping), got {grad_clip_norm}")
         self.rules = [as_rule(r) for r in rules]
         trainable = [(n, p) for n, p in named_params if p.requires_grad]
         names = {n for n, _ in trainable}
         unknown = sorted(set(grad_scale or {}) - names)
         if unknown:
-            raise ValueError(f"grad_scale names parameters the model does not train: {unknown[:5]}")
+            raise RuntimeError(f"grad_scale names parameters the model does not train: {unknown[:5]}")
         by_name = dict(trainable)
         self.grad_scale: list[tuple[Tensor, float]] = [
             (by_name[n], float(f)) for n, f in (grad_scale or {}).items() if float(f) != 1.0]
-        assigned = assign_params(trainable, self.rules)
+        assigned = assign_params(trainable, self.rules, roles)
         self._summary = assignment_summary(self.rules, assigned)
         self.muon_momentum = muon_momentum
         self.muon_momentum_warmup_start = muon_momentum_warmup_start
@@ -98,7 +97,6 @@ class OptimizerSet:
                 backend_steps=muon_backend_steps,
                 nesterov=muon_nesterov,
                 ns_dtype=muon_ns_dtype,
-                **dict(muon_kwargs or {}),
             )
         self.adam: torch.optim.AdamW | None = None
         if adam_groups:
@@ -213,9 +211,9 @@ class OptimizerSet:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, opt in (("muon", self.muon), ("adam", self.adam)):
             if key not in state:
-                raise ValueError(f"optimizer state dict has no {key!r} entry; keys: {sorted(state)}")
+                raise RuntimeError(f"optimizer state dict has no {key!r} entry; keys: {sorted(state)}")
             if (state[key] is None) != (opt is None):
-                raise ValueError(
+                raise RuntimeError(
                     f"optimizer state dict {key!r} does not fit this OptimizerSet "
                     f"({'no' if opt is None else 'a'} {key} optimizer here); was it saved with other rules?"
                 )
@@ -243,30 +241,29 @@ def build_optimizer(
     muon_momentum_warmup_start: float = 0.85,
     muon_momentum_warmup_steps: int = 500,
     muon_ns_dtype: str = "auto",
-    muon_impl: str = "muon",
-    parallel_muon_comm: str = "auto",
+    muon: Callable[..., Muon] = Muon,
     scale_shared_grads: bool = False,
     adam_betas: tuple[float, float] = (0.9, 0.95),
     adam_eps: float = 1e-8,
     grad_clip_norm: float = 0.0,
     param_uses: Mapping[str, int] | None = None,
+    param_roles: Mapping[str, str] | None = None,
 ) -> OptimizerSet:
     """Hydra factory for OptimizerSet; defaults are the official baseline's hyperparameters.
 
     `muon_ns_dtype`: "auto" runs Newton–Schulz in bf16 on CUDA (official) and in fp32 on CPU,
     where bf16 matmuls are emulated and several times slower; or "bfloat16" / "float32".
-    `muon_impl`: "muon" (per-matrix, work shared round-robin, one all-reduce of the updates) or
-    "parallel" (Parallel Muon: banks, reduce-scatter, batched Newton–Schulz, all-gather).
+    `muon`: the Muon class (or a partial of it, config group `optimizer/muon`): per-matrix Muon (work shared
+    round-robin, one all-reduce of the updates) or Parallel Muon (banks, reduce-scatter, batched
+    Newton–Schulz, all-gather).
     `scale_shared_grads`: multiply the gradient of each parameter that runs `uses` times per
     forward (depth recurrence; `param_uses` comes from the model) by 1/uses (#537).
+    `param_roles`: the model's declared parameter roles, for rules that match by `role`.
     """
     named = list(model_named_params)
-    if muon_impl not in MUON_IMPLS:
-        raise ValueError(f"optimizer.muon_impl={muon_impl!r} is not one of {', '.join(MUON_IMPLS)}")
     grad_scale = None
     if scale_shared_grads:
         grad_scale = {n: 1.0 / u for n, u in (param_uses or {}).items() if u > 1}
-    muon_kwargs = {"comm": parallel_muon_comm} if muon_impl == "parallel" else {}
     return OptimizerSet(
         named,
         list(rules),
@@ -279,9 +276,9 @@ def build_optimizer(
         adam_betas=tuple(adam_betas),
         adam_eps=adam_eps,
         grad_clip_norm=grad_clip_norm,
-        muon_class=MUON_IMPLS[muon_impl],
-        muon_kwargs=muon_kwargs,
+        muon_class=muon,
         grad_scale=grad_scale,
+        roles=param_roles,
     )
 
 
@@ -291,5 +288,5 @@ def _ns_dtype(spec: str, named: list[tuple[str, Tensor]]) -> torch.dtype:
         return torch.bfloat16 if on_cuda else torch.float32
     dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
     if spec not in dtypes:
-        raise ValueError(f"optimizer.muon_ns_dtype={spec!r} is not one of auto, bfloat16, float32")
+        raise UserError(f"optimizer.muon_ns_dtype={spec!r} is not one of auto, bfloat16, float32")
     return dtypes[spec]

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from paramgolf.errors import UserError
+
 # Quintic coefficients of the official baseline: chosen to push every singular value of a
 # normalised matrix towards ~1 as fast as possible, not to converge exactly.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -27,8 +29,7 @@ def zeropower_via_newtonschulz5(
     G is one matrix [rows, cols] or a batch [..., rows, cols] (each matrix treated alone, as
     parameter banks need). Singular values of the result land roughly in [0.7, 1.2], not at 1.
     """
-    if G.ndim < 2:
-        raise ValueError(f"Newton–Schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    assert G.ndim >= 2, f"Newton–Schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}"
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
     # Iterate on the wide orientation so X @ X^T is the smaller Gram matrix.
@@ -75,11 +76,11 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: torch.dtype = torch.bfloat16,
     ) -> None:
         if lr < 0.0:
-            raise ValueError(f"Muon: lr must be >= 0, got {lr}")
+            raise UserError(f"Muon: lr must be >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+            raise UserError(f"Muon: momentum must be in [0, 1), got {momentum}")
         if backend_steps < 1:
-            raise ValueError(f"Muon: backend_steps must be >= 1, got {backend_steps}")
+            raise UserError(f"Muon: backend_steps must be >= 1, got {backend_steps}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -92,7 +93,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim < 2:
-                    raise ValueError(
+                    raise UserError(
                         f"Muon only updates matrices (ndim >= 2); got a parameter of shape "
                         f"{tuple(p.shape)}. Route it to Adam with a parameter rule."
                     )

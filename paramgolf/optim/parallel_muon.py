@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from paramgolf.errors import UserError
 from paramgolf.optim.muon import Muon, muon_shape_scale
 
 log = logging.getLogger("paramgolf")
@@ -90,7 +91,7 @@ class ParallelMuon(Muon):
     ) -> None:
         super().__init__(params, lr, momentum, backend_steps, nesterov, weight_decay, ns_dtype)
         if comm not in COMM_MODES:
-            raise ValueError(f"optimizer.parallel_muon_comm={comm!r} is not one of {', '.join(COMM_MODES)}")
+            raise UserError(f"optimizer.muon.comm={comm!r} is not one of {', '.join(COMM_MODES)}")
         self.comm = comm
         self.banks: list[Bank] = []
         for group in self.param_groups:
@@ -134,7 +135,7 @@ class ParallelMuon(Muon):
         if self.comm == "reduce_scatter":
             raise RuntimeError(
                 f"Parallel Muon: the {dist.get_backend()} backend cannot run {what} ({exc}); "
-                f"set optimizer.parallel_muon_comm=auto to fall back to all_reduce") from exc
+                f"set optimizer.muon.comm=auto to fall back to all_reduce") from exc
         if what not in self._fallback_said:
             self._fallback_said.add(what)
             log.warning("Parallel Muon: the %s backend lacks %s (%s: %s); using all_reduce instead "
@@ -150,7 +151,7 @@ class ParallelMuon(Muon):
         for b in self.banks:
             missing = [i for i, p in enumerate(b.params) if p.grad is None]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"Parallel Muon: a banked parameter of shape {b.shape} has no gradient (slot {missing[0]}); "
                     f"every parameter under a Muon rule must take part in the loss, or route it to another rule")
             b.padded = -(-len(b.params) // ws) * ws

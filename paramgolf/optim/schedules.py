@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from paramgolf.errors import UserError
+
 
 def warmdown_lr_scale(
     step: int,
@@ -27,7 +29,7 @@ def warmdown_lr_scale(
         return 1.0
     if max_wallclock_s is None or max_wallclock_s <= 0:
         if iterations <= 0:
-            raise ValueError(f"warmdown_lr_scale: iterations must be > 0 without a wallclock cap, got {iterations}")
+            raise UserError(f"warmdown_lr_scale: iterations must be > 0 without a wallclock cap, got {iterations}")
         if step < iterations - warmdown_iters:
             return 1.0
         return max((iterations - step) / warmdown_iters, 0.0)
@@ -69,11 +71,11 @@ class LRSchedule:
     def __init__(self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0,
                  min_scale: float = 0.0) -> None:
         if iterations < 1:
-            raise ValueError(f"train.iterations={iterations} must be ≥ 1")
+            raise UserError(f"train.iterations={iterations} must be ≥ 1")
         if warmup_iters < 0:
-            raise ValueError(f"train.schedule.warmup_iters={warmup_iters} must be ≥ 0")
+            raise UserError(f"train.schedule.warmup_iters={warmup_iters} must be ≥ 0")
         if not 0.0 <= min_scale <= 1.0:
-            raise ValueError(f"train.schedule.min_scale={min_scale} must be in [0, 1]")
+            raise UserError(f"train.schedule.min_scale={min_scale} must be in [0, 1]")
         self.iterations = iterations
         self.max_wallclock_s = _cap(max_wallclock_s)
         self.warmup_iters = warmup_iters
@@ -102,9 +104,9 @@ class WarmdownSchedule(LRSchedule):
         super().__init__(iterations=iterations, max_wallclock_s=max_wallclock_s, warmup_iters=warmup_iters,
                          min_scale=min_scale)
         if warmdown_iters < 0:
-            raise ValueError(f"train.schedule.warmdown_iters={warmdown_iters} must be ≥ 0 (0: no warm-down)")
+            raise UserError(f"train.schedule.warmdown_iters={warmdown_iters} must be ≥ 0 (0: no warm-down)")
         if warmdown_frac is not None and not 0.0 < warmdown_frac <= 1.0:
-            raise ValueError(f"train.schedule.warmdown_frac={warmdown_frac} must be in (0, 1] or null")
+            raise UserError(f"train.schedule.warmdown_frac={warmdown_frac} must be in (0, 1] or null")
         self.warmdown_iters = warmdown_iters
         self.warmdown_frac = warmdown_frac
 

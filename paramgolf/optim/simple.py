@@ -19,17 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
+
 KINDS = ("sgd", "adamw")
 
 
 def _check_lr(lr: Any, where: str) -> None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0.0 or math.isinf(lr):
-        raise ValueError(f"{where}: lr must be a finite number >= 0, got {lr!r}")
+        raise UserError(f"{where}: lr must be a finite number >= 0, got {lr!r}")
 
 
 def _check_momentum(momentum: Any, where: str) -> None:
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"{where}: momentum must be in [0, 1) (0 turns momentum off), got {momentum!r}")
+        raise UserError(f"{where}: momentum must be in [0, 1) (0 turns momentum off), got {momentum!r}")
 
 
 def _check_betas(betas: Any, where: str) -> tuple[float, float]:
@@ -39,7 +41,7 @@ def _check_betas(betas: Any, where: str) -> tuple[float, float]:
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas
         )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"{where}: betas must be two numbers (beta1, beta2), each in [0, 1), got {betas!r}"
         )
     return float(betas[0]), float(betas[1])
@@ -47,22 +49,22 @@ def _check_betas(betas: Any, where: str) -> tuple[float, float]:
 
 def _check_nonnegative(value: Any, key: str, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-        raise ValueError(f"{where}: {key} must be a number >= 0, got {value!r}")
+        raise UserError(f"{where}: {key} must be a number >= 0, got {value!r}")
 
 
 def _trainable_groups(params: Iterable[Tensor] | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Param groups holding only tensors with requires_grad=True; empty groups are dropped."""
     if isinstance(params, Tensor):
-        raise ValueError(
+        raise UserError(
             "build_simple_optimizer: params must be an iterable of tensors or of param-group dicts, "
             "got a single tensor; wrap it in a list ([tensor])"
         )
     items = list(params)
     if not items:
-        raise ValueError("build_simple_optimizer: params is empty; pass the tensors the optimizer should train")
+        raise UserError("build_simple_optimizer: params is empty; pass the tensors the optimizer should train")
     is_dict = [isinstance(item, Mapping) for item in items]
     if any(is_dict) and not all(is_dict):
-        raise ValueError(
+        raise UserError(
             "build_simple_optimizer: params mixes tensors and param-group dicts; pass either tensors "
             "only or dicts only (put loose tensors into a {'params': [...]} group)"
         )
@@ -71,19 +73,19 @@ def _trainable_groups(params: Iterable[Tensor] | Iterable[Mapping[str, Any]]) ->
     groups = []
     for i, group in enumerate(raw_groups):
         if "params" not in group:
-            raise ValueError(f"build_simple_optimizer: param group {i} has no 'params' key; keys: {sorted(group)}")
+            raise UserError(f"build_simple_optimizer: param group {i} has no 'params' key; keys: {sorted(group)}")
         members = group["params"]
         members = [members] if isinstance(members, Tensor) else list(members)
         for t in members:
             if not isinstance(t, Tensor):
-                raise ValueError(
+                raise UserError(
                     f"build_simple_optimizer: param group {i} holds a {type(t).__name__}, not a tensor"
                 )
         trainable = [t for t in members if t.requires_grad]
         if trainable:
             groups.append({**group, "params": trainable})
     if not groups:
-        raise ValueError(
+        raise UserError(
             "build_simple_optimizer: no trainable parameters (every tensor has requires_grad=False); "
             "unfreeze the tensors to adapt (p.requires_grad_(True)) before building the optimizer"
         )
@@ -110,7 +112,7 @@ def build_simple_optimizer(
     """
     kind_key = kind.strip().lower() if isinstance(kind, str) else kind
     if kind_key not in KINDS:
-        raise ValueError(f"build_simple_optimizer: kind={kind!r} is not one of {', '.join(KINDS)}")
+        raise UserError(f"build_simple_optimizer: kind={kind!r} is not one of {', '.join(KINDS)}")
     where = f"build_simple_optimizer(kind={kind_key!r})"
     _check_lr(lr, where)
     _check_nonnegative(weight_decay, "weight_decay", where)
@@ -122,7 +124,7 @@ def build_simple_optimizer(
     if kind_key == "sgd":
         _check_momentum(momentum, where)
         if nesterov and momentum <= 0.0:
-            raise ValueError(
+            raise UserError(
                 f"{where}: nesterov=True needs momentum > 0, got momentum={momentum!r}; "
                 "set momentum (e.g. 0.9) or nesterov=False"
             )

@@ -15,11 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from paramgolf.errors import UserError
+
 
 def _package_dirs(package: str) -> list[Path]:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"package {package!r} is not importable from sys.path")
+        raise UserError(f"package {package!r} is not importable from sys.path")
     return [Path(p) for p in spec.submodule_search_locations]
 
 
@@ -67,7 +69,7 @@ def _imported_names(module: str, path: Path) -> set[str]:
         if node.level:
             anchor = module.split(".") if is_package else module.split(".")[:-1]
             if node.level - 1 > len(anchor) - 1:
-                raise ValueError(f"{path}: relative import beyond the top-level package (level {node.level})")
+                raise UserError(f"{path}: relative import beyond the top-level package (level {node.level})")
             anchor = anchor[: len(anchor) - (node.level - 1)]
             base = ".".join(anchor + ([node.module] if node.module else []))
         else:
@@ -88,7 +90,7 @@ def import_closure(roots: Iterable[str], package: str = "paramgolf") -> list[str
     todo: list[str] = []
     for root in roots:
         if module_file(root, package) is None:
-            raise ValueError(f"code root {root!r} is not a module of package {package!r}")
+            raise UserError(f"code root {root!r} is not a module of package {package!r}")
         todo.append(root)
     seen: set[str] = set()
     while todo:
@@ -138,5 +140,5 @@ def roots_from_config(cfg: Mapping, package: str = "paramgolf") -> list[str]:
                 roots.add(candidate)
                 break
         else:
-            raise ValueError(f"_target_ {target!r} names no module of package {package!r}")
+            raise UserError(f"_target_ {target!r} names no module of package {package!r}")
     return sorted(roots)

@@ -34,6 +34,8 @@ from typing import Any
 import safetensors.torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
+from paramgolf.fsio import write_atomic
 from paramgolf.quant.codecs import CODECS, Codec, codec_by_name
 from paramgolf.quant.schemes import QuantizedTensor, dequantize_state, dtype_from_name, dtype_name
 
@@ -46,7 +48,7 @@ _PREFIX = struct.Struct("<6sHB")  # magic, version, codec-name length
 _TAIL = struct.Struct("<QI")  # payload length, crc32
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """An artifact or weights file that cannot be read: damaged, truncated or foreign."""
 
 
@@ -66,7 +68,7 @@ def _json_dumps(obj: Any, what: str) -> str:
     try:
         return json.dumps(obj, separators=(",", ":"), sort_keys=False)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools): {e}") from e
+        raise UserError(f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools): {e}") from e
 
 
 def _cpu_contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -92,7 +94,7 @@ def build_payload(qstate: dict[str, QuantizedTensor], arch_config: dict, meta: d
         for part in parts:
             # Slash-free part names make "<name>/<part>" unique: it splits at its last slash.
             if not part or "/" in part:
-                raise ValueError(f"tensor {name!r}: part name {part!r} must be non-empty and free of '/'")
+                raise RuntimeError(f"tensor {name!r}: part name {part!r} must be non-empty and free of '/'")
             tensors[f"{name}/{part}"] = qt.tensors[part]
         records[name] = {
             "scheme": qt.scheme,
@@ -119,22 +121,8 @@ def pack_artifact(
 ) -> bytes:
     """The artifact bytes for quantized weights `qstate` compressed with `codec`."""
     if codec.name not in CODECS:
-        raise ValueError(f"codec {codec.name!r} cannot be read back; known codecs: {sorted(CODECS)}")
+        raise UserError(f"codec {codec.name!r} cannot be read back; known codecs: {sorted(CODECS)}")
     return frame_payload(codec.compress(build_payload(qstate, arch_config, meta)), codec.name)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_artifact(
@@ -146,7 +134,7 @@ def write_artifact(
 ) -> int:
     """Write the artifact atomically (temp file + rename); returns its size in bytes."""
     data = pack_artifact(qstate, arch_config, codec, meta)
-    _atomic_write(Path(path), data)
+    write_atomic(path, data, fsync=True)
     return len(data)
 
 
@@ -257,7 +245,7 @@ def _safetensors_metadata(blob: bytes) -> dict[str, str]:
     header = json.loads(blob[8 : 8 + n])
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
-        raise ValueError("__metadata__ is not an object")
+        raise UserError("__metadata__ is not an object")
     return meta
 
 
@@ -273,12 +261,12 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, Tensor], meta: d
         try:
             dtype_name(t.dtype)
         except ValueError as e:
-            raise ValueError(f"weight {name!r}: {e}") from e
+            raise UserError(f"weight {name!r}: {e}") from e
     # safetensors stores keys sorted; "order" brings the state-dict order back.
     header = {"format": _WEIGHTS_FORMAT, "version": FORMAT_VERSION, "order": list(state_dict), "meta": meta or {}}
     metadata = {_META_KEY: _json_dumps(header, "weights meta")}
     data = safetensors.torch.save(_cpu_contiguous(state_dict), metadata=metadata)
-    _atomic_write(Path(path), data)
+    write_atomic(path, data, fsync=True)
     return len(data)
 
 

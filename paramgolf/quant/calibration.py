@@ -4,14 +4,101 @@
 calibration batches and returns H = (1 / num_batches) · Σ XᵀX per weight (X: the layer's inputs
 flattened to [tokens, in_features], fp32), as #1263 does. A layer that runs several times per
 forward (a shared recurrence core) accumulates every call. The batches come from training data
-or from `self_generated_batches`; the runner refuses validation data.
+or from `self_generated_batches`; validation data is refused.
+
+`Calibration` (config `quant.calibration`) owns the whole of it for the runner: the wallclock
+reserve inside the training cap, the batches, the Hessians and the check that training plus
+calibration fits the cap (the challenge counts calibration as training time).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from paramgolf.errors import UserError
+
+SOURCES = ("train", "self_generated")
+
+
+@dataclass
+class CalibrationResult:
+    hessians: dict[str, Tensor]  # on the CPU
+    seconds: float
+
+    def report(self, train_time_s: float, cap_s: float | None) -> dict[str, Any]:
+        """What results.json says: calibration time, and training + calibration against the cap."""
+        total = train_time_s + self.seconds
+        return {"calibration_time_s": self.seconds, "train_plus_calibration_s": total,
+                "train_plus_calibration_within_cap": (total <= cap_s) if cap_s else None}
+
+
+class Calibration:
+    """GPTQ calibration: Hessians from `batches` × `batch_seqs` sequences of training data or of the
+    model's own samples; `reserve_s` seconds of the training wallclock cap are kept for it."""
+
+    def __init__(self, source: str = "train", batches: int = 32, batch_seqs: int = 8, seq_len: int | None = None,
+                 temperature: float = 1.0, reserve_s: float = 10.0) -> None:
+        """`seq_len` None: train.seq_len; `temperature`: self_generated sampling."""
+        if source == "validation":
+            raise UserError("quant.calibration.source=validation is refused: GPTQ calibrated on validation tokens "
+                             "lets the scored data shape the artifact. Use train (training batches) or "
+                             "self_generated (the model's own samples)")
+        if source not in SOURCES:
+            raise UserError(f"quant.calibration.source={source!r} is not one of {', '.join(SOURCES)}")
+        if batches < 1 or batch_seqs < 1:
+            raise UserError(f"quant.calibration.batches={batches} and batch_seqs={batch_seqs} must be ≥ 1")
+        if temperature <= 0:
+            raise UserError(f"quant.calibration.temperature={temperature} must be > 0")
+        if reserve_s < 0:
+            raise UserError(f"quant.calibration.reserve_s={reserve_s} must be ≥ 0")
+        self.source, self.batches, self.batch_seqs, self.seq_len = source, batches, batch_seqs, seq_len
+        self.temperature, self.reserve_s = temperature, reserve_s
+
+    @staticmethod
+    def needed(quantizer: Any) -> bool:
+        return bool(getattr(quantizer, "needs_hessians", False))
+
+    def training_cap(self, quantizer: Any, cap_s: float | None) -> float | None:
+        """The wallclock cap the train loop gets: `cap_s` less the reserve when the quantizer needs Hessians."""
+        if not cap_s or not self.needed(quantizer):
+            return cap_s
+        return max(cap_s - self.reserve_s, 1.0)
+
+    def batches_for(self, model: nn.Module, train_files: Sequence[str | Path], *, train_seq_len: int,
+                    loader_seed: int, vocab_size: int, seed: int, device: torch.device) -> Iterator[Tensor]:
+        seq_len = self.seq_len or train_seq_len
+        if self.source == "train":
+            from paramgolf.data.loader import DistributedTokenLoader
+            loader = DistributedTokenLoader(train_files, 0, 1, seed=loader_seed)
+            for _ in range(self.batches):
+                x, _ = loader.next_batch(self.batch_seqs * seq_len, seq_len)
+                yield x.to(device)
+        else:
+            yield from self_generated_batches(model, self.batches * self.batch_seqs, seq_len, vocab_size=vocab_size,
+                                              temperature=self.temperature, seed=seed, batch_size=self.batch_seqs,
+                                              device=device)
+
+    def run(self, quantizer: Any, model: nn.Module, state: dict[str, Tensor], train_files: Sequence[str | Path], *,
+            train_seq_len: int, loader_seed: int, vocab_size: int, seed: int, device: torch.device,
+            autocast_dtype: torch.dtype | None = None,
+            say: Callable[[str], None] = lambda m: None) -> CalibrationResult | None:
+        """Hessians for the quantizer's GPTQ tensors (None when it needs none), timed."""
+        roles = model.parameter_roles() if hasattr(model, "parameter_roles") else None
+        names = quantizer.gptq_names(state, roles) if self.needed(quantizer) else set()
+        if not names:
+            return None
+        t0 = time.perf_counter()
+        batches = self.batches_for(model, train_files, train_seq_len=train_seq_len, loader_seed=loader_seed,
+                                   vocab_size=vocab_size, seed=seed, device=device)
+        hessians = collect_hessians(model, batches, param_names=names, device=device, autocast_dtype=autocast_dtype)
+        seconds = time.perf_counter() - t0
+        say(f"gptq calibration: {len(hessians)} matrices from {self.batches} {self.source} batches in {seconds:.1f}s")
+        return CalibrationResult({k: v.cpu() for k, v in hessians.items()}, seconds)
 
 
 @torch.no_grad()
@@ -54,10 +141,10 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *, param_names
             h.remove()
         model.train(was_training)
     if num_batches == 0:
-        raise ValueError("GPTQ calibration got no batches (quant.calibration.batches must be ≥ 1)")
+        raise RuntimeError("GPTQ calibration got no batches (quant.calibration.batches must be ≥ 1)")
     missing = sorted(set(targets) - set(sums))
     if missing:
-        raise ValueError(f"GPTQ calibration: layers never ran during the forward: {missing[:5]}")
+        raise RuntimeError(f"GPTQ calibration: layers never ran during the forward: {missing[:5]}")
     return {k: v / num_batches for k, v in sums.items()}
 
 
@@ -66,8 +153,6 @@ def self_generated_batches(model: nn.Module, num_seqs: int, seq_len: int, *, voc
                            temperature: float = 1.0, seed: int = 0, batch_size: int = 8,
                            device: torch.device | None = None) -> Iterator[Tensor]:
     """Calibration sequences the model samples itself: [B, seq_len] token batches, deterministic per seed."""
-    if temperature <= 0:
-        raise ValueError(f"quant.calibration.temperature={temperature} must be > 0")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()

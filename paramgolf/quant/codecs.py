@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 import lzma
 import zlib
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import zstandard
+
+from paramgolf.errors import UserError
 
 
 @runtime_checkable
@@ -46,7 +48,7 @@ class Zlib:
 
     def __init__(self, level: int = 9) -> None:
         if not 0 <= level <= 9:
-            raise ValueError(f"quant.codec.level for zlib must be in 0..9, got {level}")
+            raise UserError(f"quant.codec.level for zlib must be in 0..9, got {level}")
         self.level = level
 
     def __repr__(self) -> str:
@@ -66,7 +68,7 @@ class Zstd:
 
     def __init__(self, level: int = 22) -> None:
         if not 1 <= level <= 22:
-            raise ValueError(f"quant.codec.level for zstd must be in 1..22, got {level}")
+            raise UserError(f"quant.codec.level for zstd must be in 1..22, got {level}")
         self.level = level
 
     def __repr__(self) -> str:
@@ -95,10 +97,10 @@ class Lzma:
 
     def __init__(self, preset: int = 9, extreme: bool = True, lc: int = 0, lp: int = 0, pb: int = 0) -> None:
         if not 0 <= preset <= 9:
-            raise ValueError(f"quant.codec.preset for lzma must be in 0..9, got {preset}")
+            raise UserError(f"quant.codec.preset for lzma must be in 0..9, got {preset}")
         for key, value, top in (("lc", lc, 8), ("lp", lp, 4), ("pb", pb, 4)):
             if not 0 <= value <= top:
-                raise ValueError(f"quant.codec.{key} for lzma must be in 0..{top}, got {value}")
+                raise UserError(f"quant.codec.{key} for lzma must be in 0..{top}, got {value}")
         self.preset, self.extreme, self.lc, self.lp, self.pb = preset, extreme, lc, lp, pb
 
     def __repr__(self) -> str:
@@ -125,18 +127,18 @@ class SevenZip:
     METHODS = ("lzma2", "lzma", "ppmd", "bzip2", "deflate")
     FILTERS = (None, "bcj", "delta")
 
-    def __init__(self, method: str = "lzma2", preset: int = 9, filter: str | None = None, delta_distance: int = 1,
+    def __init__(self, method: Literal["lzma2", "lzma", "ppmd", "bzip2", "deflate"] = "lzma2", preset: int = 9, filter: str | None = None, delta_distance: int = 1,
                  ppmd_order: int = 6, ppmd_mem: int = 28) -> None:
         if method not in self.METHODS:
-            raise ValueError(f"quant.codec.method for 7z must be one of {', '.join(self.METHODS)}, got {method!r}")
+            raise UserError(f"quant.codec.method for 7z must be one of {', '.join(self.METHODS)}, got {method!r}")
         if filter not in self.FILTERS:
-            raise ValueError(f"quant.codec.filter for 7z must be null, bcj or delta, got {filter!r}")
+            raise UserError(f"quant.codec.filter for 7z must be null, bcj or delta, got {filter!r}")
         if not 0 <= preset <= 9:
-            raise ValueError(f"quant.codec.preset for 7z must be in 0..9, got {preset}")
+            raise UserError(f"quant.codec.preset for 7z must be in 0..9, got {preset}")
         if not 1 <= delta_distance <= 256:
-            raise ValueError(f"quant.codec.delta_distance for 7z must be in 1..256, got {delta_distance}")
+            raise UserError(f"quant.codec.delta_distance for 7z must be in 1..256, got {delta_distance}")
         if not 2 <= ppmd_order <= 32 or not 16 <= ppmd_mem <= 31:
-            raise ValueError(f"quant.codec.ppmd_order must be in 2..32 and ppmd_mem in 16..31, "
+            raise UserError(f"quant.codec.ppmd_order must be in 2..32 and ppmd_mem in 16..31, "
                              f"got {ppmd_order} and {ppmd_mem}")
         self.method, self.preset, self.filter = method, preset, filter
         self.delta_distance, self.ppmd_order, self.ppmd_mem = delta_distance, ppmd_order, ppmd_mem
@@ -175,7 +177,7 @@ class SevenZip:
             except Exception:  # noqa: BLE001 - any failure to read back means the same thing
                 ok = False
             if not ok:
-                raise ValueError(f"7z ppmd (order {self.ppmd_order}, mem 2^{self.ppmd_mem}) wrote an archive that "
+                raise UserError(f"7z ppmd (order {self.ppmd_order}, mem 2^{self.ppmd_mem}) wrote an archive that "
                                  f"does not read back (a pyppmd bug on poorly compressible data); raise "
                                  f"quant.codec.ppmd_mem or use quant.codec.method=lzma2")
         return blob
@@ -188,7 +190,7 @@ class SevenZip:
         with py7zr.SevenZipFile(io.BytesIO(data), "r") as archive:
             names = archive.getnames()
             if names != ["model"]:
-                raise ValueError(f"7z payload must hold one member 'model', holds {names}")
+                raise UserError(f"7z payload must hold one member 'model', holds {names}")
             archive.extractall(factory=factory)
         out = factory.get("model")
         out.seek(0)
@@ -204,11 +206,11 @@ class Brotli:
         try:
             import brotli  # noqa: F401
         except ImportError as e:
-            raise ValueError("quant.codec=brotli needs the brotli package: pip install 'paramgolf[brotli]'") from e
+            raise UserError("quant.codec=brotli needs the brotli package: pip install 'paramgolf[brotli]'") from e
         if not 0 <= quality <= 11:
-            raise ValueError(f"quant.codec.quality for brotli must be in 0..11, got {quality}")
+            raise UserError(f"quant.codec.quality for brotli must be in 0..11, got {quality}")
         if not 10 <= lgwin <= 24:
-            raise ValueError(f"quant.codec.lgwin for brotli must be in 10..24, got {lgwin}")
+            raise UserError(f"quant.codec.lgwin for brotli must be in 10..24, got {lgwin}")
         self.quality, self.lgwin = quality, lgwin
 
     def __repr__(self) -> str:
@@ -231,5 +233,5 @@ CODECS: dict[str, type] = {c.name: c for c in (Raw, Zlib, Zstd, Lzma, SevenZip, 
 def codec_by_name(name: str) -> Codec:
     """A default-configured codec for the name an artifact header records."""
     if name not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; known codecs: {sorted(CODECS)}")
+        raise UserError(f"unknown codec {name!r}; known codecs: {sorted(CODECS)}")
     return CODECS[name]()

@@ -16,7 +16,7 @@ the estimate draws weights that look trained and runs the real quantizer,
 Calibration: the official naive baseline (17,059,912 parameters, 13,780 steps)
 published an int8+zlib model of 15,815,847 bytes in its torch.save container,
 which costs 10.8 kB more than this package's artifact for the same weights.
-With Int8PerRow + Zlib(9) on the baseline's state-dict shapes and seed 0, the
+With the baseline's int8 (quantizer/int8_row.yaml) + Zlib(9) on its state-dict shapes and seed 0, the
 official container of the surrogate weighs 15,882,251 bytes (+0.42%) for
 Gaussian rows, 15,829,227 (+0.09%) for tail_dof = 100, 15,815,331 (-0.003%)
 for tail_dof = 80 and 15,791,089 (-0.16%) for 60; our artifact estimate for 30
@@ -49,9 +49,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
 from paramgolf.quant.artifact import build_payload, frame_payload
 from paramgolf.quant.codecs import Codec
-from paramgolf.quant.int8 import CONTROL_TENSOR_PATTERNS
+from paramgolf.quant.mixed import CONTROL_TENSOR_PATTERNS
 from paramgolf.quant.schemes import QuantizedTensor, Quantizer, dtype_from_name
 
 TensorSpec = tuple[tuple[int, ...], torch.dtype]
@@ -81,7 +82,7 @@ def _spec(name: str, value) -> tuple[TensorSpec, Tensor | None]:
             raise TypeError(f"dtype {dtype!r}")
         return (tuple(int(d) for d in shape), dtype), None
     except (TypeError, ValueError) as e:
-        raise ValueError(f"tensor {name!r}: expected a Tensor or (shape, dtype), got {value!r} ({e})") from e
+        raise UserError(f"tensor {name!r}: expected a Tensor or (shape, dtype), got {value!r} ({e})") from e
 
 
 def _is_control(name: str) -> bool:
@@ -173,6 +174,7 @@ def estimate_model_bytes(
     row_rms_spread: float = 0.2,
     row_fraction: float = 0.25,
     init_weights: Mapping[str, Tensor] | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> EstimateResult:
     """Artifact bytes that weights of these shapes will take once trained, quantized and compressed.
 
@@ -180,17 +182,17 @@ def estimate_model_bytes(
     only shapes, dtypes and non-float values are used) or to (shape, dtype).
     """
     if not (tail_dof > 2.0):
-        raise ValueError(f"tail_dof must be > 2 (finite variance), got {tail_dof}")
+        raise UserError(f"tail_dof must be > 2 (finite variance), got {tail_dof}")
     if not 0.0 < row_fraction <= 1.0:
-        raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
+        raise UserError(f"row_fraction must be in (0, 1], got {row_fraction}")
     rms_values = matrix_rms.values() if isinstance(matrix_rms, Mapping) else [matrix_rms]
     if any(r < 0 for r in rms_values) or (not isinstance(matrix_rms, Mapping) and matrix_rms == 0):
-        raise ValueError("matrix_rms must be > 0 (a per-tensor mapping may hold 0 for frozen tensors)")
+        raise UserError("matrix_rms must be > 0 (a per-tensor mapping may hold 0 for frozen tensors)")
     if row_rms_spread < 0:
-        raise ValueError(f"row_rms_spread must be >= 0, got {row_rms_spread}")
+        raise UserError(f"row_rms_spread must be >= 0, got {row_rms_spread}")
     start = time.perf_counter()
     weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread, init_weights)
-    qstate = quantizer.quantize(weights)
+    qstate = quantizer.quantize(weights, roles=roles)
     del weights
     if row_fraction >= 1.0:
         size = _artifact_size(qstate, arch_config, codec)

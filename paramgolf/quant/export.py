@@ -14,16 +14,16 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
 from paramgolf.quant.artifact import pack_artifact
 from paramgolf.quant.schemes import QuantizedTensor
 
 PACKINGS = ("auto", "int8", "bits")
 
 
-def _quantize(quantizer, state: Mapping[str, Tensor], hessians: Mapping[str, Tensor] | None):
-    if hessians is not None:
-        return quantizer.quantize(state, hessians=hessians)
-    return quantizer.quantize(state)
+def _quantize(quantizer, state: Mapping[str, Tensor], hessians: Mapping[str, Tensor] | None,
+              roles: Mapping[str, str] | None):
+    return quantizer.quantize(state, hessians=hessians, roles=roles)
 
 
 def group_of(quantizer, name: str, qt: QuantizedTensor) -> str:
@@ -56,14 +56,14 @@ def group_stats(quantizer, qstate: Mapping[str, QuantizedTensor], codec) -> dict
 
 def build_artifact(quantizer, codec, state: Mapping[str, Tensor], arch: dict, meta: dict, *,
                    packing: str = "auto", hessians: Mapping[str, Tensor] | None = None,
-                   stats: bool = True) -> tuple[bytes, dict[str, Any]]:
-    """(artifact bytes, export report) for a float state dict."""
+                   roles: Mapping[str, str] | None = None, stats: bool = True) -> tuple[bytes, dict[str, Any]]:
+    """(artifact bytes, export report) for a float state dict; `roles`: the parameters' declared roles."""
     from paramgolf.quant.mixed import pack_state
 
     if packing not in PACKINGS:
-        raise ValueError(f"quant.packing={packing!r} is not one of {', '.join(PACKINGS)}")
+        raise UserError(f"quant.packing={packing!r} is not one of {', '.join(PACKINGS)}")
     t0 = time.perf_counter()
-    qstate = _quantize(quantizer, state, hessians)
+    qstate = _quantize(quantizer, state, hessians, roles)
     quant_s = time.perf_counter() - t0
     sub8 = any(qt.scheme == "intn_row" and int(qt.meta.get("bits", 8)) < 8 for qt in qstate.values())
     options = {"int8": qstate} if packing in ("auto", "int8") or not sub8 else {}

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from paramgolf.quant.int8 import abs_quantile_rows
-from paramgolf.quant.intn import qmax, quantize_rows, row_abs_max, row_scales
+from paramgolf.errors import UserError
+from paramgolf.quant.intn import abs_quantile_rows, qmax, quantize_rows, row_abs_max, row_scales
 
 CANDIDATES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 
@@ -77,7 +77,7 @@ def _inverse_hessian_factor(H: Tensor, damp: float) -> tuple[Tensor, float]:
             if not int(bad):
                 return U, lam
         lam = max(lam, 1e-6 * mean_diag) * 10
-    raise ValueError("GPTQ: the Hessian is not positive definite even with 10^5 × the damping; "
+    raise UserError("GPTQ: the Hessian is not positive definite even with 10^5 × the damping; "
                      "check the calibration activations (NaN or all-zero inputs?)")
 
 
@@ -107,11 +107,10 @@ def gptq_quantize(w: Tensor, H: Tensor, bits: int, *, block_size: int = 128, dam
                   act_order: bool = True, quantiles: Sequence[float] = CANDIDATES,
                   scale_floor: float | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Full GPTQ of W [rows, cols] with input Hessian H [cols, cols]; (codes, fp16 scales, info)."""
-    if w.dim() != 2 or H.shape != (w.shape[1], w.shape[1]):
-        raise ValueError(f"GPTQ: weight {tuple(w.shape)} needs a Hessian of shape ({w.shape[1]}, {w.shape[1]}), "
-                         f"got {tuple(H.shape)}")
+    assert w.dim() == 2 and H.shape == (w.shape[1], w.shape[1]), (
+        f"GPTQ: weight {tuple(w.shape)} needs a Hessian of shape ({w.shape[1]}, {w.shape[1]}), got {tuple(H.shape)}")
     if not bool(torch.isfinite(H).all()):
-        raise ValueError("GPTQ: the Hessian has NaN or inf entries")
+        raise UserError("GPTQ: the Hessian has NaN or inf entries")
     m = qmax(bits)
     W0 = w.float()
     W = W0.double().clone()

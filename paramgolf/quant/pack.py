@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from paramgolf.errors import UserError
 from paramgolf.quant.intn import qmax
 
 
@@ -19,7 +20,7 @@ def pack_codes(q: Tensor, bits: int) -> Tensor:
     m = qmax(bits)
     u = (q.reshape(-1).to(torch.int64) + m)
     if u.numel() and (int(u.min()) < 0 or int(u.max()) >= 2**bits):
-        raise ValueError(f"codes outside the {bits}-bit range ±{m}")
+        raise RuntimeError(f"codes outside the {bits}-bit range ±{m}")
     pad = (-u.numel()) % 8
     u = torch.cat([u, u.new_zeros(pad)]).view(-1, 8)
     shifts = torch.arange(8, dtype=torch.int64) * bits
@@ -32,11 +33,11 @@ def unpack_codes(packed: Tensor, bits: int, numel: int) -> Tensor:
     """The int8 codes `pack_codes` stored (flat, `numel` of them)."""
     m = qmax(bits)
     if packed.dtype != torch.uint8 or packed.numel() % bits:
-        raise ValueError(f"packed codes must be uint8 in groups of {bits} bytes, got {packed.dtype} × {packed.numel()}")
+        raise UserError(f"packed codes must be uint8 in groups of {bits} bytes, got {packed.dtype} × {packed.numel()}")
     b = packed.to(torch.int64).view(-1, bits)
     word = (b << (torch.arange(bits, dtype=torch.int64) * 8)).sum(dim=1)
     u = (word[:, None] >> (torch.arange(8, dtype=torch.int64) * bits)) & (2**bits - 1)
     u = u.reshape(-1)
     if u.numel() < numel:
-        raise ValueError(f"packed stream holds {u.numel()} codes, {numel} expected")
+        raise UserError(f"packed stream holds {u.numel()} codes, {numel} expected")
     return (u[:numel] - m).to(torch.int8)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from torch import nn
 
+from paramgolf.errors import UserError
 from paramgolf.model.layers import CastedLinear
 
 
@@ -24,21 +25,27 @@ class QAT:
 
     def __init__(self, model: nn.Module, quantizer, start_lr_scale: float | None = 0.15,
                  say: Callable[[str], None] | None = None, after_step: int = 0) -> None:
-        if not hasattr(quantizer, "fake_quantizer"):
-            raise ValueError(f"quant.qat needs a quantizer with a rule table (quant.quantizer=mixed); "
-                             f"{type(quantizer).__name__} has none")
-        if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
-            raise ValueError(f"quant.qat.start_lr_scale={start_lr_scale} must be in (0, 1] or null (from the start)")
+        self.check(quantizer, start_lr_scale)
         self.model, self.quantizer, self.start_lr_scale = model, quantizer, start_lr_scale
         self.after_step = after_step  # an LR warm-up's low scales are not the late phase
         self.say = say or (lambda m: None)
         self.enabled_at: int | None = None
         self.layers: list[str] = []
 
+    @staticmethod
+    def check(quantizer, start_lr_scale: float | None) -> None:
+        """ValueError unless QAT can run with this quantizer and threshold."""
+        if not hasattr(quantizer, "fake_quantizer"):
+            raise UserError(f"quant.qat.enabled=true needs a rule-table quantizer (e.g. quant=int6_rtn); "
+                             f"quant.quantizer is {type(quantizer).__name__}")
+        if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
+            raise UserError(f"quant.qat.start_lr_scale={start_lr_scale} must be in (0, 1] or null (from the start)")
+
     def enable(self, step: int = 0) -> None:
+        roles = self.model.parameter_roles() if hasattr(self.model, "parameter_roles") else {}
         for name, module in self.model.named_modules():
             if isinstance(module, CastedLinear):
-                fake = self.quantizer.fake_quantizer(f"{name}.weight", module.weight)
+                fake = self.quantizer.fake_quantizer(f"{name}.weight", module.weight, roles.get(f"{name}.weight"))
                 if fake is not None:
                     module.weight_fn = fake
                     self.layers.append(name)

@@ -1,10 +1,15 @@
-"""Quantized-tensor records and the dequantization registry.
+"""Quantized-tensor records and the table of their dequantizers.
 
 A quantizer turns each tensor of a state dict into a `QuantizedTensor`: a scheme
 name, the original shape and dtype, the stored tensors (integer codes, scales,
 ...) and a little JSON-able metadata. Reading an artifact only needs the
 functions below that map a scheme name back to a float tensor, so the reader
 never has to know which quantizer class produced the file.
+
+`DEQUANTIZERS` is one explicit table of every scheme an artifact may hold, defined
+here and nowhere else: importing this module (as the artifact reader does) is all
+it takes to read any artifact, and the code-bytes count (the import closure of the
+reader) includes every dequantizer. A new scheme is a new entry in that table.
 """
 from __future__ import annotations
 
@@ -13,6 +18,10 @@ from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
+
+from paramgolf.errors import UserError
+from paramgolf.quant.intn import qmax
+from paramgolf.quant.pack import unpack_codes
 
 MetaValue = float | int | str
 
@@ -36,14 +45,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     """'float32' for torch.float32; ValueError for dtypes artifacts cannot hold."""
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
-        raise ValueError(f"dtype {dtype} cannot be stored; supported: {sorted(DTYPES)}")
+        raise UserError(f"dtype {dtype} cannot be stored; supported: {sorted(DTYPES)}")
     return name
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """torch.float32 for 'float32'; ValueError for names outside DTYPES."""
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype name {name!r}; supported: {sorted(DTYPES)}")
+        raise UserError(f"unknown dtype name {name!r}; supported: {sorted(DTYPES)}")
     return DTYPES[name]
 
 
@@ -71,39 +80,26 @@ class QuantizedTensor:
 
 
 class Quantizer(Protocol):
-    """Anything that turns a state dict into QuantizedTensor records (Int8PerRow, ...)."""
+    """Anything that turns a state dict into QuantizedTensor records (MixedQuantizer, ...)."""
 
     def quantize(self, state_dict: dict[str, Tensor]) -> dict[str, QuantizedTensor]: ...
 
 
 Dequantizer = Callable[[QuantizedTensor], Tensor]
-_DEQUANTIZERS: dict[str, Dequantizer] = {}
-
-
-def register_scheme(name: str) -> Callable[[Dequantizer], Dequantizer]:
-    """Decorator: make `fn` the dequantizer of scheme `name`."""
-
-    def deco(fn: Dequantizer) -> Dequantizer:
-        if name in _DEQUANTIZERS:
-            raise ValueError(f"quant scheme {name!r} is registered twice")
-        _DEQUANTIZERS[name] = fn
-        return fn
-
-    return deco
 
 
 def known_schemes() -> list[str]:
-    return sorted(_DEQUANTIZERS)
+    return sorted(DEQUANTIZERS)
 
 
 def dequantize_tensor(qt: QuantizedTensor) -> Tensor:
     """The float tensor `qt` stands for, in its original dtype and shape."""
-    fn = _DEQUANTIZERS.get(qt.scheme)
+    fn = DEQUANTIZERS.get(qt.scheme)
     if fn is None:
-        raise ValueError(f"unknown quant scheme {qt.scheme!r}; this paramgolf knows {known_schemes()}")
+        raise UserError(f"unknown quant scheme {qt.scheme!r}; this paramgolf knows {known_schemes()}")
     out = fn(qt).to(dtype=dtype_from_name(qt.dtype))
     if tuple(out.shape) != tuple(qt.shape):
-        raise ValueError(f"scheme {qt.scheme!r} produced shape {tuple(out.shape)}, record says {tuple(qt.shape)}")
+        raise UserError(f"scheme {qt.scheme!r} produced shape {tuple(out.shape)}, record says {tuple(qt.shape)}")
     return out.contiguous()
 
 
@@ -114,38 +110,64 @@ def dequantize_state(qstate: dict[str, QuantizedTensor]) -> dict[str, Tensor]:
         try:
             out[name] = dequantize_tensor(qt)
         except ValueError as e:
-            raise ValueError(f"tensor {name!r}: {e}") from e
+            raise UserError(f"tensor {name!r}: {e}") from e
     return out
 
 
 def _part(qt: QuantizedTensor, key: str) -> Tensor:
     if key not in qt.tensors:
-        raise ValueError(f"scheme {qt.scheme!r} needs part {key!r}, record has {sorted(qt.tensors)}")
+        raise UserError(f"scheme {qt.scheme!r} needs part {key!r}, record has {sorted(qt.tensors)}")
     return qt.tensors[key]
 
 
-@register_scheme("int8_row")
 def _dequant_int8_row(qt: QuantizedTensor) -> Tensor:
     # One scale per row (dim 0), broadcast over the remaining dims.
     q, scale = _part(qt, "q"), _part(qt, "scale")
     if q.dim() < 1 or scale.dim() != 1 or scale.shape[0] != q.shape[0]:
-        raise ValueError(f"int8_row: scale shape {tuple(scale.shape)} does not match q shape {tuple(q.shape)}")
+        raise UserError(f"int8_row: scale shape {tuple(scale.shape)} does not match q shape {tuple(q.shape)}")
     return q.float() * scale.float().view(-1, *([1] * (q.dim() - 1)))
 
 
-@register_scheme("int8_tensor")
 def _dequant_int8_tensor(qt: QuantizedTensor) -> Tensor:
     q, scale = _part(qt, "q"), _part(qt, "scale")
     if scale.numel() != 1:
-        raise ValueError(f"int8_tensor: scale must hold one value, has shape {tuple(scale.shape)}")
+        raise UserError(f"int8_tensor: scale must hold one value, has shape {tuple(scale.shape)}")
     return q.float() * scale.float().reshape(())
 
 
+def _dequant_intn_row(qt: QuantizedTensor) -> Tensor:
+    # Codes of `bits` (meta) in int8 containers, [rows, cols] with dim 0 of the tensor as rows.
+    q, scale = _part(qt, "q"), _part(qt, "scale")
+    bits = int(qt.meta.get("bits", 8))
+    if scale.dim() != 1 or q.dim() < 1 or scale.shape[0] != q.shape[0]:
+        raise UserError(f"intn_row: scale shape {tuple(scale.shape)} does not match q shape {tuple(q.shape)}")
+    if q.numel() and int(q.abs().max()) > qmax(bits):
+        raise UserError(f"intn_row: a code exceeds the {bits}-bit range ±{qmax(bits)}")
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(qt.shape)
+
+
+def _dequant_intn_row_packed(qt: QuantizedTensor) -> Tensor:
+    # The same codes as intn_row, bit-packed (paramgolf.quant.pack).
+    packed, scale = _part(qt, "packed"), _part(qt, "scale")
+    bits, rows = int(qt.meta.get("bits", 8)), scale.shape[0]
+    q = unpack_codes(packed, bits, qt.numel).reshape(rows, -1)
+    return (q.float() * scale.float()[:, None]).reshape(qt.shape)
+
+
 def _stored_as_is(qt: QuantizedTensor) -> Tensor:
-    # dequantize_tensor casts back to the original dtype.
+    # Floats kept at lower (or full) precision: dequantize_tensor casts back to the original dtype.
     return _part(qt, "w")
 
 
-# Floats kept at lower (or full) precision: the cast back happens in dequantize_tensor.
-for _name in ("fp16", "bf16", "fp32", "raw"):
-    register_scheme(_name)(_stored_as_is)
+# Every scheme an artifact may name. Explicit, so reading never depends on which modules
+# happen to be imported.
+DEQUANTIZERS: dict[str, Dequantizer] = {
+    "int8_row": _dequant_int8_row,  # the official baseline's per-row int8 (paramgolf.quant.mixed, record: int8_row)
+    "int8_tensor": _dequant_int8_tensor,  # ... and its one-scale-per-tensor int8 (record: int8_tensor)
+    "intn_row": _dequant_intn_row,  # per-row codes at 2..8 bits, fp16 scale per row (record: intn_row)
+    "intn_row_packed": _dequant_intn_row_packed,  # intn_row with bit-packed codes (mixed.pack_state)
+    "fp16": _stored_as_is,
+    "bf16": _stored_as_is,
+    "fp32": _stored_as_is,
+    "raw": _stored_as_is,  # stored exactly (non-float tensors, or floats a rule keeps as they are)
+}

@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from paramgolf.optim.groups import as_rule, assign_params
 from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import codec_candidates, codec_table, estimate_model_bytes, surrogate_state_dict
-from paramgolf.runner.build import build_model, code_roots, count_params, export_view, lr_schedule_for
+from paramgolf.model.training import artifact_view
+from paramgolf.runner.build import count_params
+from paramgolf.runner.plan import build_plan, lr_schedule_for
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
 
@@ -46,7 +46,7 @@ def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
     """Predicted RMS of every parameter's change during training (see the module docstring)."""
     walk = math.sqrt(lr_scale_square_sum(train))
     rules = [as_rule(r) for r in optimizer_cfg["rules"]]
-    assigned = assign_params(list(model.named_parameters()), rules)
+    assigned = assign_params(list(model.named_parameters()), rules, model.parameter_roles())
     out: dict[str, float] = {}
     for rule in rules:
         for name, p in assigned.get(rule.name, []):
@@ -65,14 +65,15 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
     `all_codecs`: also compress the same quantized surrogate state with every codec setting of
     `quant.estimate.codec_candidates` (full compression, no row sampling) and list them, smallest first.
     """
-    torch.manual_seed(c["seed"])
-    model = build_model(c["arch"])
+    plan = build_plan(c, world_size=int(c["train"]["nproc_per_node"]))
+    model, quantizer, codec = plan.model, plan.export.quantizer, plan.export.codec
     counts = count_params(model)
-    code = code_bytes(code_roots(c))
+    code = code_bytes(plan.code_roots)
     drift = expected_drift_rms(model, c["optimizer"], c["train"])
-    arch, state = export_view(c["arch"], model.state_dict())  # the artifact holds no MTP heads
-    est = estimate_model_bytes(state, instantiate(c["quant"]["quantizer"]), instantiate(c["quant"]["codec"]),
-                               arch, seed=0, matrix_rms=drift, init_weights=state)
+    arch, state = artifact_view(c["arch"], model.state_dict())  # training-only parts never reach the artifact
+    roles = model.parameter_roles()
+    est = estimate_model_bytes(state, quantizer, codec, arch, seed=0, matrix_rms=drift, init_weights=state,
+                               roles=roles)
     total = code + est.model_bytes
     out = {
         "name": c["name"],
@@ -91,7 +92,7 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
         out["overshoot_bytes"] = total - c["budget_bytes"]
     if all_codecs:
         weights = surrogate_state_dict(state, seed=0, matrix_rms=drift, init_weights=state)
-        qstate = instantiate(c["quant"]["quantizer"]).quantize(weights)
+        qstate = quantizer.quantize(weights, roles=roles)
         rows = codec_table(qstate, arch, codec_candidates())
         for r in rows:
             r["artifact_bytes"] = None if r["model_bytes"] is None else r["model_bytes"] + code

@@ -8,10 +8,12 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-# Modules that evaluate a rebuilt model; counted in code_bytes with the model's own modules.
+from paramgolf.errors import UserError
+
+# Modules that read an artifact and score the rebuilt model; counted in code_bytes with the modules the
+# config's targets name (the model's, the quantizer's and codec's, the evaluation's).
 EVAL_MODULES = (
     "paramgolf.evaluation.bpb",
-    "paramgolf.evaluation.sliding",
     "paramgolf.data.byte_table",
     "paramgolf.quant.artifact",
 )
@@ -29,7 +31,7 @@ def _check_targets(node: Any, path: str = "arch") -> None:
     if isinstance(node, Mapping):
         target = node.get("_target_")
         if target is not None and not str(target).startswith("paramgolf.model."):
-            raise ValueError(f"{path}._target_={target!r}: architectures may only use paramgolf.model.* classes")
+            raise UserError(f"{path}._target_={target!r}: architectures may only use paramgolf.model.* classes")
         for k, v in node.items():
             _check_targets(v, f"{path}.{k}")
     elif isinstance(node, (list, tuple)):
@@ -47,16 +49,24 @@ def build_model(arch: Mapping[str, Any]) -> nn.Module:
 
 
 def instantiate_unwrapped(node: Any, *args: Any) -> Any:
-    """hydra.utils.instantiate, re-raising a component's own ValueError (its message names the key)."""
-    from hydra.errors import InstantiationException
+    """hydra.utils.instantiate, re-raising a component's own error rather than Hydra's wrapper of it.
+
+    A UserError (its message names the key) stays a user error; any other exception the component
+    raised (an assert, a RuntimeError: a bug) keeps its own type and traceback. Hydra's own errors
+    (a `_target_` that cannot be imported) stay InstantiationException.
+    """
+    from hydra.errors import HydraException, InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
     try:
         return instantiate(node, *args, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if isinstance(cause, ValueError):
+        if isinstance(cause, UserError):
             raise cause from exc
+        if cause is not None and not isinstance(cause, (HydraException, OmegaConfBaseException, ImportError)):
+            raise cause from exc  # a bug in the component, not a config mistake
         raise
 
 
@@ -72,7 +82,10 @@ def count_params(model: nn.Module) -> dict[str, int]:
 def code_roots(cfg_container: Mapping[str, Any]) -> list[str]:
     """Modules whose import closure is the code needed to build and evaluate the model."""
     from paramgolf.quant.accounting import roots_from_config
-    roots = set(roots_from_config({"arch": cfg_container["arch"], "quant": cfg_container["quant"]}))
+    c = cfg_container
+    roots = set(roots_from_config({"arch": c["arch"], "quantizer": c["quant"]["quantizer"],
+                                   "codec": c["quant"]["codec"], "eval": c["eval"], "ttt": c["ttt"],
+                                   "eval_cache": c["eval_cache"]}))
     roots.update(EVAL_MODULES)
     return sorted(roots)
 
@@ -84,7 +97,7 @@ def resolve_autocast(spec: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if spec == "none":
         return None
-    raise ValueError(f"train.autocast={spec!r} is not one of auto, bf16, none")
+    raise UserError(f"train.autocast={spec!r} is not one of auto, bf16, none")
 
 
 def resolve_compile(spec: str, device: torch.device) -> bool:
@@ -95,7 +108,7 @@ def resolve_compile(spec: str, device: torch.device) -> bool:
         return True
     if spec in ("false", "0", "no"):
         return False
-    raise ValueError(f"train.compile={spec!r} is not one of auto, true, false")
+    raise UserError(f"train.compile={spec!r} is not one of auto, true, false")
 
 
 def prepare_for_device(model: nn.Module, device: torch.device, bf16_embeddings: bool) -> nn.Module:
@@ -108,33 +121,9 @@ def prepare_for_device(model: nn.Module, device: torch.device, bf16_embeddings: 
     return model
 
 
-def export_view(arch: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The architecture and weights the artifact holds: training-only parts (MTP heads) dropped."""
-    from paramgolf.model.mtp import TRAINING_ONLY_PREFIX
-    arch = dict(arch)
-    if arch.get("mtp") is not None:
-        arch["mtp"] = None
-    return arch, {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIX)}
-
-
 def build_optimizer_for(model: nn.Module, optimizer_cfg: Mapping[str, Any]):
     """The configured OptimizerSet over the model's parameters (with per-parameter use counts)."""
-    uses = model.parameter_uses() if hasattr(model, "parameter_uses") else None
-    return instantiate(optimizer_cfg)(list(model.named_parameters()), param_uses=uses)
+    return instantiate(optimizer_cfg)(list(model.named_parameters()), param_uses=model.parameter_uses(),
+                                      param_roles=model.parameter_roles())
 
 
-def lr_schedule_for(train: Mapping[str, Any]):
-    """The configured LR schedule, completed with the run's iterations and wallclock cap."""
-    return instantiate(train["schedule"])(iterations=train["iterations"],
-                                          max_wallclock_s=train["max_wallclock_seconds"])
-
-
-def loop_settings(train: Mapping[str, Any]):
-    """The train loop's settings from the `train` config."""
-    from paramgolf.runner.train_loop import LoopSettings
-
-    t = train
-    return LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
-                        micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
-                        max_wallclock_seconds=t["max_wallclock_seconds"], val_every=t["val_every"],
-                        log_every=t["log_every"], lr_schedule=lr_schedule_for(t))

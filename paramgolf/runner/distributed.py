@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from paramgolf.errors import UserError
 
 
 @dataclass
@@ -31,12 +34,27 @@ def pick_device(spec: str, local_rank: int) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+            raise UserError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     if spec == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"train.device={spec!r} is not one of auto, cpu, cuda")
+    raise UserError(f"train.device={spec!r} is not one of auto, cpu, cuda")
+
+
+def preload_group_default_modules() -> None:
+    """Import, before any process group exists, the torch modules that bind the default group at import.
+
+    `torch.distributed.nn.functional` declares `group=group.WORLD` default arguments, evaluated when it is
+    first imported, and torch.optim imports it (through torch._dynamo) the first time an optimizer is
+    built. Imported after `init_process_group`, those defaults hold the world group for good, so
+    `destroy_process_group` no longer frees it: gloo's worker threads and its socket loop then live on
+    into interpreter exit, where a peer that exits first hangs up on them while this process tears
+    down: SIGABRT, "terminate called without an active exception" (most often on a loaded machine,
+    where the ranks exit far apart). Imported first, the defaults are None.
+    """
+    if not dist.is_initialized():
+        import torch.distributed.nn.functional  # noqa: F401
 
 
 def init_distributed(rank: int, world_size: int, device_spec: str, timeout_s: float) -> DistEnv:
@@ -50,17 +68,32 @@ def init_distributed(rank: int, world_size: int, device_spec: str, timeout_s: fl
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        preload_group_default_modules()
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s), **kwargs)
     return DistEnv(rank, world_size, local_rank, device)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        try:
-            dist.barrier()  # gloo can abort if a peer tears down while another still talks
-        finally:
-            dist.destroy_process_group()
+def shutdown_distributed(*, barrier: bool | None = None) -> None:
+    """Leave the process group: a barrier on a clean exit, then `destroy_process_group`.
+
+    The barrier keeps a rank from tearing gloo down while a peer still talks to it; the group is
+    destroyed even when the barrier fails. (That destroying really frees gloo's threads and sockets
+    needs `init_distributed`'s `preload_group_default_modules`.)
+
+    `barrier=None` (the default) waits at the barrier unless an exception is propagating (this is called
+    from a `finally:`): a failed rank's peers may be inside another collective, and a barrier would match
+    it or block until the collective timeout; destroying right away makes the peers fail fast instead.
+    """
+    if not dist.is_initialized():
+        return
+    if barrier is None:
+        barrier = sys.exc_info()[1] is None
+    try:
+        if barrier:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
@@ -103,10 +136,3 @@ def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
-
-def broadcast_object(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

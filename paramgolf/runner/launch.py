@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from paramgolf.runner.pipeline import run
+from paramgolf.runner.plan import RunPlan
 
 
 def under_torchrun() -> bool:
@@ -19,13 +20,16 @@ def _worker(cfg: Mapping[str, Any], run_dir: str) -> int:
     return run(dict(cfg), Path(run_dir), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
 
 
-def launch(cfg: Mapping[str, Any], run_dir: Path) -> int:
-    """Run the pipeline on every rank; returns rank 0's exit code."""
+def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None) -> int:
+    """Run the pipeline on every rank; returns rank 0's exit code.
+
+    `plan`: the components built from `cfg` in this process; workers started here build their own.
+    """
     if under_torchrun():
-        return run(cfg, run_dir, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        return run(cfg, run_dir, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), plan)
     nproc = int(cfg["train"]["nproc_per_node"])
     if nproc <= 1:
-        return run(cfg, run_dir, 0, 1)
+        return run(cfg, run_dir, 0, 1, plan)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if cfg["train"]["device"] == "cpu" or not _cuda():

@@ -8,29 +8,24 @@ what was trained — the artifact defines the model.
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 import yaml
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from paramgolf.config.compose import compose, to_container
+from paramgolf.errors import UserError
 from paramgolf.quant.artifact import load_weights
+from paramgolf.quant.recipe import CalibrationData
 from paramgolf.runner import distributed as D
-from paramgolf.runner.build import build_model, resolve_autocast
-from paramgolf.runner.pipeline import (ARTIFACT_FILE, WEIGHTS_FILE, calibrate, export_artifact, finish_from_artifact,
-                                       load_validation, record_dataset)
-from paramgolf.runner.results import ResultsRecorder, git_commit, read_results
-from paramgolf.runner.validate import validate_config
-from paramgolf.tracking.progress import format_summary
+from paramgolf.runner import stages as S
+from paramgolf.runner.build import resolve_autocast
+from paramgolf.runner.plan import build_plan
+from paramgolf.runner.results import AveragingInfo, ModelInfo, TrainInfo, read_results
 
 EVAL_GROUPS = ("eval", "quant", "ttt", "eval_cache", "data", "budget_bytes", "logger")
 EVAL_TRAIN_KEYS = ("train.device", "train.autocast")
-CARRIED_OVER = ("params", "params_by_group", "steps", "train_time_s", "stopped_by", "pre_quant_val_bpb",
-                "pre_quant_val_loss", "world_size")
 
 
 def _key(override: str) -> str:
@@ -42,7 +37,7 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         key = _key(o)
         if key.split(".")[0] in EVAL_GROUPS or key in EVAL_TRAIN_KEYS:
             continue
-        raise ValueError(f"override {o!r} would change what was trained; paramgolf-eval only changes how the "
+        raise UserError(f"override {o!r} would change what was trained; paramgolf-eval only changes how the "
                          f"artifact is evaluated or exported ({', '.join(EVAL_GROUPS + EVAL_TRAIN_KEYS)}). "
                          f"Train a new run for it.")
 
@@ -77,54 +72,48 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    artifact = run_dir / ARTIFACT_FILE
+    artifact = run_dir / S.ARTIFACT_FILE
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact} not found: the run did not get as far as exporting its artifact")
     overrides = list(overrides)
+    requantize = requantizes(overrides)
     c = eval_config(run_dir, overrides)
-    validate_config(c, world_size=1)
+    plan = build_plan(c, world_size=1)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     out_dir = Path(out_dir) if out_dir else run_dir / "evals" / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source = read_results(run_dir) if (run_dir / "results.json").is_file() else {}
-    env = D.init_distributed(0, 1, c["train"]["device"], c["train"]["collective_timeout_s"])
-    rec = ResultsRecorder(out_dir)
-    rec.update(name=c["name"], seed=c["seed"], budget_bytes=c["budget_bytes"], source_run=str(run_dir),
-               overrides=overrides, git_commit=git_commit(), source_git_commit=source.get("git_commit"),
-               device=str(env.device), torch_version=torch.__version__, config=c,
-               **{k: source[k] for k in CARRIED_OVER if k in source})
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    src = read_results(run_dir) if (run_dir / "results.json").is_file() else {}
+    env = D.init_distributed(0, 1, plan.runtime.device, plan.runtime.collective_timeout_s)
+    info = S.run_info(plan.name, plan.seed, plan.budget_bytes, c, env, source_run=str(run_dir), overrides=overrides,
+                      source_git_commit=src.get("git_commit"), requantized=requantize)
+    info.world_size = src.get("world_size", info.world_size)  # the world the artifact was trained in
+    out = S.RunOutput(out_dir, info, env, metrics=False, logfile=None)
+    res = out.results
+    if "params" in src:
+        res.model = ModelInfo(params=src["params"], params_by_group=src.get("params_by_group") or {})
+    res.train = TrainInfo(steps=src.get("steps"), train_time_s=src.get("train_time_s"),
+                          stopped_by=src.get("stopped_by"))
+    res.averaging = AveragingInfo(pre_quant_val_bpb=src.get("pre_quant_val_bpb"),
+                                  pre_quant_val_loss=src.get("pre_quant_val_loss"))
+    autocast = resolve_autocast(plan.runtime.autocast, env.device)
     try:
-        data = instantiate(c["data"]).resolve()
-        val = load_validation(c, data, env.device)
-        record_dataset(rec, data, val)
-        if requantizes(overrides):
-            weights = run_dir / WEIGHTS_FILE
-            state, _ = load_weights(weights)
-            artifact = out_dir / ARTIFACT_FILE
-            quantizer = instantiate(c["quant"]["quantizer"])
-            autocast = resolve_autocast(c["train"]["autocast"], env.device)
-            model = build_model(c["arch"])
-            model.load_state_dict(state, strict=True)
-            model = model.to(env.device)
-            hessians, calib_s = calibrate(c, quantizer, data, model, state, env.device, autocast, say)
-            if hessians is not None:
-                rec.update(calibration_time_s=calib_s)
-            report = export_artifact(c, state, artifact, meta={"requantized_from": str(weights)},
-                                     hessians=hessians, quantizer=quantizer)
-            rec.update(quant=report)
-            say(f"re-quantized {weights} → {artifact} ({report['quantizer']} + {report['codec']}, "
-                f"{report['packing']} packing)")
-        rec.update(requantized=requantizes(overrides))
-        measured = finish_from_artifact(c, artifact, val, env, resolve_autocast(c["train"]["autocast"], env.device),
-                                        rec, lambda *a, **k: None, say, step=0)
-        rec.write("ok" if measured["fits"] else "over_budget")
-        print(format_summary(rec.data), file=sys.stderr)
-        say(f"results: {rec.path}")
-        return 0 if measured["fits"] else 3
-    except BaseException as exc:
-        rec.update(error=f"{type(exc).__name__}: {exc}")
-        rec.write("failed")
-        raise
+        with out.stage("data"):
+            data, res.data = S.load_data(plan.data, plan.evaluator, plan.vocab_size, env.device)
+        if requantize:
+            with out.stage("export"):
+                weights = run_dir / S.WEIGHTS_FILE
+                state, _ = load_weights(weights)
+                model = plan.model
+                model.load_state_dict(state, strict=True)
+                cal = CalibrationData(data.dataset.train_files, plan.loop.seq_len, plan.runtime.loader_seed,
+                                      plan.vocab_size, plan.seed, env.device, autocast)
+                artifact = out_dir / S.ARTIFACT_FILE
+                res.export = S.export(plan.export, state, c["arch"], artifact, {"requantized_from": str(weights)},
+                                      out, model=model.to(env.device), calibration=cal)
+        with out.stage("score"):
+            res.score = S.score_stage(artifact, S.Scorer(plan.evaluator, data.val, env, autocast), plan.ttt,
+                                      plan.eval_cache, plan.code_roots, plan.budget_bytes, out,
+                                      selected_on_validation=plan.averaging.selects_on_validation, step=0)
+        return S.report(out)
     finally:
+        out.close()
         D.shutdown_distributed()

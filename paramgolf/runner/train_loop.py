@@ -12,24 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramgolf.errors import UserError
+from paramgolf.model.training import training_loss
 from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_reduce_scalar
-
-
-def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-token cross-entropy in fp32 (nats)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-
-
-def training_loss(model: nn.Module, train_model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """The training objective: next-token CE, plus the weighted MTP loss when the model has heads."""
-    mtp = getattr(model, "mtp", None)
-    if mtp is None:
-        return lm_loss(train_model(x), y)
-    logits, hidden = train_model(x, return_hidden=True)
-    return lm_loss(logits, y) + mtp.loss(hidden, y)
 
 
 @dataclass
@@ -79,9 +66,9 @@ def micro_batch_plan(settings: LoopSettings, world_size: int) -> tuple[int, int]
     """(micro-batches per rank, tokens per micro-batch per rank) for one optimizer step."""
     m, ws = settings.micro_batches, world_size
     if m % ws:
-        raise ValueError(f"train.micro_batches={m} must be divisible by the number of processes ({ws})")
+        raise UserError(f"train.micro_batches={m} must be divisible by the number of processes ({ws})")
     if settings.batch_tokens % (m * settings.seq_len):
-        raise ValueError(
+        raise UserError(
             f"train.batch_tokens={settings.batch_tokens} must be divisible by "
             f"train.micro_batches × train.seq_len = {m} × {settings.seq_len}")
     return m // ws, settings.batch_tokens // m
@@ -102,10 +89,8 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.hooks = hooks or []
         self.per_rank_micro, self.micro_tokens = micro_batch_plan(settings, env.world_size)
-        self.params = [p for p in model.parameters() if p.requires_grad]
         # Gradients the runner averages; an optimizer that syncs some itself (Parallel Muon) keeps those.
-        own = {id(p) for p in getattr(optimizers, "self_synced_params", list)()}
-        self.sync_params = [p for p in self.params if id(p) not in own]
+        self.sync_params = optimizers.grad_sync_params()
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -11,14 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-
-def _to_json_scalar(value: Any) -> Any:
-    """Turn tensors and numpy scalars into plain Python numbers for `json.dumps`."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"metric value {value!r} of type {type(value).__name__} is not JSON serialisable")
+from paramgolf.errors import UserError
+from paramgolf.fsio import to_jsonable
 
 
 class MetricsJSONL:
@@ -33,12 +27,12 @@ class MetricsJSONL:
     def log(self, metrics: dict[str, float | int], step: int) -> None:
         """Write one line for `step` and flush it to the OS."""
         if self._file is None:
-            raise ValueError(f"{self.path}: log() called after close()")
+            raise RuntimeError(f"{self.path}: log() called after close()")
         for reserved in ("step", "time"):
             if reserved in metrics:
-                raise ValueError(f"metric name {reserved!r} is reserved in {self.path}; rename the metric")
+                raise RuntimeError(f"metric name {reserved!r} is reserved in {self.path}; rename the metric")
         # NaN/inf stay as Python's NaN/Infinity tokens: a diverged loss is worth keeping.
-        line = json.dumps({"step": int(step), "time": time.time(), **metrics}, default=_to_json_scalar)
+        line = json.dumps({"step": int(step), "time": time.time(), **metrics}, default=to_jsonable)
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -76,8 +70,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:
             if lineno == len(lines):
                 break
-            raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg}); the metrics file is corrupt") from err
+            raise UserError(f"{path}:{lineno} is not valid JSON ({err.msg}); the metrics file is corrupt") from err
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno} holds {type(row).__name__}, expected a JSON object")
+            raise UserError(f"{path}:{lineno} holds {type(row).__name__}, expected a JSON object")
         rows.append(row)
     return rows

@@ -57,10 +57,8 @@ class TrainProgress:
         file: IO[str] | None = None,
         mininterval: float | None = None,
     ) -> None:
-        if total_steps <= 0:
-            raise ValueError(f"total_steps={total_steps} must be > 0 (the train.steps cap)")
-        if max_seconds is not None and max_seconds <= 0:
-            raise ValueError(f"max_seconds={max_seconds} must be > 0 or None (no wallclock cap)")
+        assert total_steps > 0, f"total_steps={total_steps} must be > 0 (the train.iterations cap)"
+        assert max_seconds is None or max_seconds > 0, f"max_seconds={max_seconds} must be > 0 or None (no wallclock cap)"
         self.total_steps = total_steps
         self.max_seconds = max_seconds
         self.enabled = enabled and _global_rank() == 0

@@ -11,8 +11,10 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from paramgolf.errors import UserError
+from paramgolf.fsio import to_jsonable
 from paramgolf.tracking.base import Logger, LoggerWarning
 
 MODES = ("online", "offline", "disabled")
@@ -34,11 +36,19 @@ def _plain_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _metadata_value(value: Any) -> Any:
+    """`json.dumps` default for artifact metadata: JSON values where possible, else the text of the object."""
+    try:
+        return to_jsonable(value)
+    except TypeError:
+        return str(value)
+
+
 def artifact_name(name: str) -> str:
     """W&B artifact names allow only letters, digits, `-`, `_` and `.`."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
     if not cleaned:
-        raise ValueError(f"artifact name {name!r} has no usable characters; use letters, digits, - _ .")
+        raise UserError(f"artifact name {name!r} has no usable characters; use letters, digits, - _ .")
     return cleaned
 
 
@@ -53,15 +63,15 @@ class WandbLogger(Logger):
         self,
         project: str = "paramgolf",
         entity: str | None = None,
-        mode: str = "offline",
+        mode: Literal["offline", "online", "disabled"] = "offline",
         init_timeout_s: float = 15.0,
         log_artifact: bool = True,
         tags: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"logger.mode={mode!r} is not one of {MODES}; set logger.mode to one of them")
+            raise UserError(f"logger.mode={mode!r} is not one of {MODES}; set logger.mode to one of them")
         if init_timeout_s <= 0:
-            raise ValueError(f"logger.init_timeout_s={init_timeout_s} must be > 0 seconds")
+            raise UserError(f"logger.init_timeout_s={init_timeout_s} must be > 0 seconds")
         self.project = project
         self.entity = entity
         self.mode = mode
@@ -163,7 +173,7 @@ class WandbLogger(Logger):
 
             src = Path(path)
             # JSON round trip: Paths and numpy scalars in metadata become strings/numbers wandb accepts.
-            as_json = json.dumps(metadata or {}, default=lambda v: _plain_value(v) if hasattr(v, "item") else str(v))
+            as_json = json.dumps(metadata or {}, default=_metadata_value)
             meta = json.loads(as_json)
             artifact = wandb.Artifact(artifact_name(name), type=type, metadata=meta)
             if src.is_dir():

@@ -8,7 +8,7 @@ import pytest
 
 from paramgolf.cli.data import main
 from paramgolf.data.build import build_dataset
-from paramgolf.data.shards import list_shards, read_shard
+from paramgolf.data.shards import list_shards, read_shard, recorded_max_token_id
 from paramgolf.data.tokenizer import file_sha256, load_tokenizer
 
 
@@ -47,6 +47,8 @@ def test_build_enwiki(shared_dir, enwiki_build, capsys):
     assert len(train) == summary["tokens_train"]
     assert int((train == 1).sum()) == len(docs) - 3 and train[0] == 1
     assert all(len(read_shard(f)) <= 400000 for f in list_shards(out, "train"))
+    for f in list_shards(out, "val") + list_shards(out, "train"):  # each header records the shard's max id
+        assert recorded_max_token_id(f) == int(read_shard(f).max())
 
 
 def _hand_bytes(sp, tokens):

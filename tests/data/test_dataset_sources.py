@@ -5,11 +5,12 @@ import dataclasses
 import inspect
 import shutil
 
+import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from paramgolf.data.dataset import DatasetInfo, FineWebData, SyntheticData, check_vocab
-from paramgolf.data.shards import write_shard
+from paramgolf.data.dataset import DatasetInfo, FineWebData, SyntheticData, check_token_ids, check_vocab
+from paramgolf.data.shards import HEADER_BYTES, read_shard, recorded_max_token_id, write_shard
 from paramgolf.data.synthetic import SyntheticSpec
 
 TINY = dict(seed=1, vocab_size=320, lexicon_size=200, train_docs=300, val_docs=40, tokenizer_train_docs=0)
@@ -50,19 +51,88 @@ def test_fineweb_errors_say_what_to_do(fineweb_dir, tmp_path):
         FineWebData(str(empty), str(tok)).resolve()
 
 
-def test_check_vocab_refusals(fineweb_dir):
+def _set_header_slot(path, slot, value):
+    """Overwrite one int32 header slot in place (the token body is left as it is)."""
+    data = bytearray(path.read_bytes())
+    data[4 * slot : 4 * slot + 4] = np.array([value], dtype="<i4").tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def header_reads_only(monkeypatch):
+    """Fail on any read of shard tokens: only 256-int32 header reads (np.fromfile at offset 0) are allowed."""
+    real_fromfile = np.fromfile
+
+    def fromfile(file, dtype=float, count=-1, sep="", offset=0, **kw):
+        assert offset == 0 and 0 <= count * np.dtype(dtype).itemsize <= HEADER_BYTES, (
+            f"read past the header of {file}: dtype={dtype} count={count} offset={offset}"
+        )
+        return real_fromfile(file, dtype=dtype, count=count, sep=sep, offset=offset, **kw)
+
+    def memmap(*args, **kwargs):
+        raise AssertionError(f"shard tokens were memory-mapped: {args}")
+
+    monkeypatch.setattr(np, "fromfile", fromfile)
+    monkeypatch.setattr(np, "memmap", memmap)
+
+
+def test_tokenizer_larger_than_arch_vocab_size_is_refused(fineweb_dir):
     data, tok = fineweb_dir
     info = FineWebData(str(data), str(tok)).resolve()
-    with pytest.raises(ValueError, match=r"more pieces \(1024\) than the model vocab_size \(1000\)") as exc:
+    with pytest.raises(ValueError, match=r"arch.vocab_size=1000 is smaller than the 1024 pieces") as exc:
         check_vocab(info, 1000)
     msg = str(exc.value)
-    assert "token id 1023" in msg and str(tok) in msg and "3 shards" in msg
-    write_shard(data / "fineweb_train_000002.bin", [1, 1500])
+    assert "\n" not in msg and str(tok) in msg and "set arch.vocab_size=1024" in msg
+
+
+def test_check_vocab_reads_headers_only(fineweb_dir, header_reads_only):
+    data, tok = fineweb_dir
+    check_vocab(FineWebData(str(data), str(tok)).resolve(), 1024)
+
+
+def test_recorded_out_of_range_id_is_refused_from_the_header_alone(fineweb_dir, header_reads_only):
+    data, tok = fineweb_dir
+    bad = data / "fineweb_train_000002.bin"
+    write_shard(bad, [1, 11, 12])
+    # The header claims id 1500 although the body holds none: only a header-based check can find it.
+    _set_header_slot(bad, 4, 1500)
     info = FineWebData(str(data), str(tok)).resolve()
-    with pytest.raises(ValueError, match=r"token id 1500, which the model vocab_size \(1024\) cannot embed"):
+    with pytest.raises(ValueError, match=r"token id 1500, which arch.vocab_size=1024 cannot embed") as exc:
         check_vocab(info, 1024)
-    with pytest.raises(ValueError, match=r"token id 1500, outside the tokenizer's 1024 pieces"):
+    assert str(bad) in str(exc.value) and "header" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match=r"token id 1500, outside the 1024 pieces of tokenizer.*data.tokenizer_path"):
         check_vocab(info, 2048)
+
+
+def test_check_vocab_trusts_the_header_over_the_body(fineweb_dir):
+    data, tok = fineweb_dir
+    lying = data / "fineweb_train_000002.bin"
+    write_shard(lying, [1, 1500])
+    _set_header_slot(lying, 4, 12)  # a scan of the body would find 1500
+    check_vocab(FineWebData(str(data), str(tok)).resolve(), 1024)
+
+
+def test_official_shards_rely_on_the_tokenizer_and_val_tokens_are_checked_in_memory(fineweb_dir):
+    data, tok = fineweb_dir
+    val = data / "fineweb_val_000000.bin"
+    write_shard(val, [1, 5, 1500, 6] + list(range(7, 60)))
+    for path in [val, *data.glob("fineweb_train_*.bin")]:
+        _set_header_slot(path, 3, 0)  # the official export leaves slots 3.. zero: no recorded max
+        _set_header_slot(path, 4, 0)
+        assert recorded_max_token_id(path) is None
+    info = FineWebData(str(data), str(tok)).resolve()
+    check_vocab(info, 1024)  # nothing recorded: the 1024-piece tokenizer bounds the ids
+    with pytest.raises(ValueError, match=r"arch.vocab_size=1000"):
+        check_vocab(info, 1000)  # the tokenizer bound still applies
+    tokens = info.validation_tokens(8)
+    with pytest.raises(ValueError, match=r"validation split of .* holds token id 1500, which arch.vocab_size=1024"):
+        check_token_ids(info, tokens, 1024)
+    with pytest.raises(ValueError, match=r"token id 1500, outside the 1024 pieces"):
+        check_token_ids(info, tokens.numpy(), 4096)
+    check_token_ids(info, tokens[:2], 1024)
+    check_token_ids(info, tokens[:0], 1024)
+    with pytest.raises(ValueError, match=r"negative token id -3"):
+        check_token_ids(info, np.array([1, -3]), 1024)
 
 
 def test_synthetic_source(tmp_path, monkeypatch):
@@ -74,6 +144,8 @@ def test_synthetic_source(tmp_path, monkeypatch):
     assert info.tokenizer_vocab_size == 320 and info.tokenizer_path.is_file()
     assert 0 < info.entropy_bits_per_byte < 8
     assert info.train_files and info.val_files
+    for path in [*info.train_files, *info.val_files]:  # paramgolf-built shards record their max id
+        assert recorded_max_token_id(path) == int(read_shard(path).max())
     check_vocab(info, 320)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         check_vocab(info, 300)

@@ -6,13 +6,14 @@ import pytest
 
 from paramgolf.data.shards import (
     HEADER_BYTES,
+    MAX_ID_TAG,
     SHARD_MAGIC,
     SHARD_VERSION,
     ShardError,
     list_shards,
-    max_token_id,
     read_shard,
     read_shard_header,
+    recorded_max_token_id,
     write_shard,
 )
 
@@ -24,8 +25,10 @@ def test_round_trip_and_layout(tmp_path):
     assert path.stat().st_size == HEADER_BYTES + 2 * len(toks)
     header = np.fromfile(path, dtype="<i4", count=256)
     assert header[:3].tolist() == [SHARD_MAGIC, SHARD_VERSION, len(toks)]
-    assert not header[3:].any()
+    # slots 3-4 (unused by the official format) record the largest id; the rest stay zero
+    assert header[3:5].tolist() == [MAX_ID_TAG, 65535] and not header[5:].any()
     assert read_shard_header(path) == len(toks)
+    assert recorded_max_token_id(path) == 65535
     for mmap in (True, False):
         got = read_shard(path, mmap=mmap)
         assert got.dtype == np.uint16
@@ -38,9 +41,9 @@ def test_write_accepts_lists_and_overwrites(tmp_path):
     path = tmp_path / "s.bin"
     write_shard(path, [5, 6, 7])
     write_shard(path, [9])
-    assert read_shard(path).tolist() == [9]
+    assert read_shard(path).tolist() == [9] and recorded_max_token_id(path) == 9
     write_shard(path, [])
-    assert read_shard(path).tolist() == []
+    assert read_shard(path).tolist() == [] and recorded_max_token_id(path) == -1
 
 
 @pytest.mark.parametrize("bad", [-1, 65536])
@@ -77,7 +80,7 @@ def test_malformed_shards_are_refused(tmp_path, patch, delta, expect):
     path = tmp_path / "fineweb_val_000000.bin"
     write_shard(path, [1, 2, 3, 4])
     _corrupt(path, patch, delta)
-    for read in (read_shard_header, read_shard, lambda p: max_token_id([p])):
+    for read in (read_shard_header, read_shard, recorded_max_token_id):
         with pytest.raises(ShardError, match=expect) as info:
             read(path)
         assert str(path) in str(info.value)
@@ -96,10 +99,36 @@ def test_list_shards_sorted_and_clear_error(tmp_path):
     write_shard(tmp_path / "fineweb_val_000000.bin", [9])
     files = list_shards(tmp_path, "train")
     assert [f.name for f in files] == [f"fineweb_train_{i:06d}.bin" for i in range(3)]
-    assert max_token_id(files) == 2
-    assert max_token_id(files + list_shards(tmp_path, "val")) == 9
+    assert [recorded_max_token_id(f) for f in files + list_shards(tmp_path, "val")] == [0, 1, 2, 9]
     with pytest.raises(ShardError, match=r"fineweb_test_\*\.bin.*paramgolf-data download") as info:
         list_shards(tmp_path, "test")
     assert str(tmp_path) in str(info.value)
     with pytest.raises(ShardError, match="does not exist"):
         list_shards(tmp_path / "missing", "train")
+
+
+def _patch_header(path, **slots):
+    data = bytearray(path.read_bytes())
+    for idx, value in slots.items():
+        i = int(idx[1:])
+        data[4 * i : 4 * i + 4] = np.array([value], dtype="<i4").tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_official_shards_record_no_max_and_still_read(tmp_path):
+    path = tmp_path / "fineweb_train_000000.bin"
+    write_shard(path, [1, 2, 3])
+    _patch_header(path, s3=0, s4=0)  # what the official export writes: slots 3.. are zero
+    assert recorded_max_token_id(path) is None
+    assert read_shard_header(path) == 3 and read_shard(path).tolist() == [1, 2, 3]
+    _patch_header(path, s3=12345, s4=7)  # some other use of the slot: not our tag, not trusted
+    assert recorded_max_token_id(path) is None
+
+
+@pytest.mark.parametrize("count_tokens, recorded", [([1, 2], -1), ([1, 2], 65536), ([], 0)])
+def test_impossible_recorded_max_is_corruption(tmp_path, count_tokens, recorded):
+    path = tmp_path / "fineweb_train_000000.bin"
+    write_shard(path, count_tokens)
+    _patch_header(path, s4=recorded)
+    with pytest.raises(ShardError, match=rf"records max token id {recorded}, impossible.*rebuild"):
+        recorded_max_token_id(path)

@@ -17,9 +17,14 @@ from paramgolf.data.synthetic import (
     SyntheticLanguage,
     SyntheticSpec,
     build_synthetic_dataset,
-    iter_docs,
 )
 from paramgolf.data.tokenizer import load_tokenizer
+
+
+def iter_docs(spec: SyntheticSpec, split: str, num_docs: int | None = None) -> list[str]:
+    """The texts of a split: the same ones the dataset is built from."""
+    n = num_docs if num_docs is not None else (spec.train_docs if split == "train" else spec.val_docs)
+    return SyntheticLanguage(spec).sample(n, split)[0]
 
 SMALL = SyntheticSpec(
     seed=3, vocab_size=320, lexicon_size=300, train_docs=800, val_docs=120, shard_tokens=20_000, tokenizer_train_docs=0
@@ -117,6 +122,7 @@ def test_deterministic_and_cached(tmp_path, small_dir, monkeypatch):
     assert other_seed.digest() != SMALL.digest()
 
 
+@pytest.mark.slow
 def test_default_spec_size(tmp_path):
     spec = SyntheticSpec()
     info = json.loads((build_synthetic_dataset(spec, tmp_path) / INFO_FILENAME).read_text())
@@ -147,6 +153,7 @@ def _build_in_child(cache_root: str, log_dir: str) -> str:
     return str(s.build_synthetic_dataset(TINY, Path(cache_root)))
 
 
+@pytest.mark.slow
 def test_concurrent_builds_share_one_result(tmp_path):
     cache, logs = tmp_path / "cache", tmp_path / "logs"
     logs.mkdir()

@@ -38,9 +38,9 @@ def test_next_batch_shapes_and_shift(files):
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
     assert x.flatten().tolist() == list(range(64))
     assert y.flatten().tolist() == list(range(1, 65))
-    with pytest.raises(ValueError, match="multiple of seq_len"):
+    with pytest.raises(AssertionError, match="multiple of seq_len"):  # checked up front by micro_batch_plan
         loader.next_batch(micro_tokens=60, seq_len=16)
-    with pytest.raises(ValueError, match="rank=2"):
+    with pytest.raises(AssertionError, match="rank=2"):
         DistributedTokenLoader(files, rank=2, world_size=2)
 
 

@@ -11,9 +11,9 @@ from evalkit import BigramLM, CacheAttentionLM, direct_nll, hand_bytes, make_byt
 
 from paramgolf.data.byte_table import build_byte_table
 from paramgolf.evaluation.bpb import evaluate_non_overlapping
+from paramgolf.evaluation.windows import NonOverlapping, Sliding
 from paramgolf.evaluation.sliding import (
     Window,
-    evaluate,
     evaluate_sliding,
     num_sliding_windows,
     sliding_windows,
@@ -73,15 +73,20 @@ def test_invalid_stride_names_eval_stride(bad):
         )
 
 
-def test_dispatcher_checks_method_and_stride():
+def test_eval_components_check_their_settings_and_name_their_method():
     model, table, tokens = BigramLM(VOCAB), make_byte_table(VOCAB), random_tokens(33, 0)
     with pytest.raises(ValueError, match="eval.stride"):
-        evaluate(model, tokens, table, method="sliding", seq_len=8, batch_seqs=2, device="cpu")
-    with pytest.raises(ValueError, match="eval.method"):
-        evaluate(model, tokens, table, method="strided", seq_len=8, batch_seqs=2, device="cpu")
-    sliding = evaluate(model, tokens, table, method="sliding", seq_len=8, stride=4, batch_seqs=2, device="cpu")
-    plain = evaluate(model, tokens, table, method="non_overlapping", seq_len=8, batch_seqs=2, device="cpu")
-    assert (sliding.method, sliding.stride, plain.method, plain.stride) == ("sliding", 4, "non_overlapping", None)
+        Sliding(stride=0)
+    too_wide = Sliding(stride=16)
+    with pytest.raises(ValueError, match="eval.stride"):
+        too_wide.bind(train_seq_len=8)  # stride beyond the window
+    sliding, plain = Sliding(stride=4, batch_tokens=16), NonOverlapping(batch_tokens=16)
+    for ev in (sliding, plain):
+        ev.bind(train_seq_len=8)
+    s, p = sliding(model, tokens, table, device="cpu"), plain(model, plain.scored_tokens(tokens), table, device="cpu")
+    assert (s.method, s.stride, p.method, p.stride) == ("sliding", 4, "non_overlapping", None)
+    assert s.num_tokens == sliding.expected_scored(33) == 32 and p.num_tokens == plain.expected_scored(33) == 32
+    assert plain.expected_scored(35) == 32 and sliding.expected_scored(35) == 34  # the tail: dropped vs scored
 
 
 @pytest.mark.parametrize("num_tokens,seq_len,stride,batch_seqs", [(50, 8, 3, 3), (40, 8, 8, 2), (6, 8, 2, 4)])
@@ -125,6 +130,7 @@ def test_context_free_model_scores_each_token_the_same_either_way():
     assert {k: getattr(sliding, k) for k in same} == {k: getattr(plain, k) for k in same}
 
 
+@pytest.mark.slow
 def test_more_context_lowers_the_loss_of_a_causal_model():
     # A repeating skewed pattern: the cache model learns its frequencies from the context, so
     # tokens early in a non-overlapping chunk (little context) cost more.

@@ -292,10 +292,10 @@ def test_mtp_heads_predict_further_tokens_and_leave_logits_alone():
 
 def test_mtp_heads_are_absent_from_the_export():
     from omegaconf import OmegaConf
-    from paramgolf.runner.build import export_view
+    from paramgolf.model.training import artifact_view
     cfg = small("arch/mtp=two")
     model = build_model(cfg.arch)
-    arch, state = export_view(OmegaConf.to_container(cfg.arch), model.state_dict())
+    arch, state = artifact_view(OmegaConf.to_container(cfg.arch), model.state_dict())
     assert any(k.startswith("mtp.") for k in model.state_dict()) and not any(k.startswith("mtp.") for k in state)
     rebuilt = build_model(arch)
     rebuilt.load_state_dict(state, strict=True)  # the artifact's model has no heads

@@ -108,7 +108,7 @@ def test_bad_schedule_settings_name_the_key(cls, kwargs, key):
 
 def test_schedule_group_builds_through_hydra():
     from paramgolf.config.compose import compose, to_container
-    from paramgolf.runner.build import lr_schedule_for
+    from paramgolf.runner.plan import lr_schedule_for
 
     c = to_container(compose(["experiment=smoke", "train/schedule=cosine", "train.schedule.min_scale=0.05",
                               "train.iterations=100", "train.max_wallclock_seconds=null"]))  # smoke sets warmdown_iters

@@ -24,6 +24,7 @@ def fraction_in_band(X: torch.Tensor) -> float:
     return ((sv >= SV_LOW) & (sv <= SV_HIGH)).double().mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", RECORD_SHAPES + BASELINE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_ns5_singular_values_at_model_shapes(shape, dtype):
@@ -36,6 +37,7 @@ def test_ns5_singular_values_at_model_shapes(shape, dtype):
     assert frac >= MIN_FRACTION, f"{shape} {dtype}: only {frac:.4f} of singular values in [{SV_LOW}, {SV_HIGH}]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_ns5_singular_values_batched(dtype):
     torch.manual_seed(1)

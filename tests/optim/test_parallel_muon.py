@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import time
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_workers import run_gloo_workers
 
 from paramgolf.config.compose import compose, to_container
 from paramgolf.optim.builder import OptimizerSet
@@ -42,6 +38,7 @@ def _run(cls, ns_dtype, nesterov=True, steps=3) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ns_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_one_process_banked_equals_per_matrix_muon_exactly(ns_dtype, nesterov):
@@ -83,7 +80,7 @@ def test_missing_gradient_is_a_clear_error():
 
 
 def test_bad_comm_mode_is_refused():
-    with pytest.raises(ValueError, match="parallel_muon_comm"):
+    with pytest.raises(ValueError, match="optimizer.muon.comm"):
         ParallelMuon([torch.nn.Parameter(torch.randn(4, 4))], lr=0.1, comm="bogus")
 
 
@@ -126,37 +123,31 @@ def train_three_steps(rank: int, world_size: int, overrides: list[str]) -> dict[
 
 VARIANTS = {  # name: overrides of the 2-process run
     "fp32": ["optimizer.muon_ns_dtype=float32"],
-    "fp32_all_reduce": ["optimizer.muon_ns_dtype=float32", "optimizer.parallel_muon_comm=all_reduce"],
+    "fp32_all_reduce": ["optimizer.muon_ns_dtype=float32", "optimizer.muon.comm=all_reduce"],
     "fp32_auto_fallback": ["optimizer.muon_ns_dtype=float32"],  # reduce_scatter_tensor made to fail
     "bf16": ["optimizer.muon_ns_dtype=bfloat16"],
 }
 
 
-def _worker(rank: int, world_size: int, store_path: str, out_dir: str) -> None:
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    store = dist.FileStore(store_path, world_size)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
-    try:
-        for name, overrides in VARIANTS.items():
-            log_records: list[str] = []
-            handler = logging.Handler()
-            handler.emit = lambda record: log_records.append(record.getMessage())  # type: ignore[method-assign]
-            logging.getLogger("paramgolf").addHandler(handler)
-            real = dist.reduce_scatter_tensor
-            if name == "fp32_auto_fallback":
-                def broken(*args, **kwargs):
-                    raise RuntimeError("reduce_scatter_tensor is not supported (test)")
-                dist.reduce_scatter_tensor = broken
-            try:
-                state = train_three_steps(rank, world_size, overrides)
-            finally:
-                dist.reduce_scatter_tensor = real
-                logging.getLogger("paramgolf").removeHandler(handler)
-            torch.save({"state": state, "log": log_records}, Path(out_dir) / f"{name}_rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _ranks_train_variants(rank: int, world_size: int) -> dict[str, dict]:
+    out = {}
+    for name, overrides in VARIANTS.items():
+        log_records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: log_records.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("paramgolf").addHandler(handler)
+        real = dist.reduce_scatter_tensor
+        if name == "fp32_auto_fallback":
+            def broken(*args, **kwargs):
+                raise RuntimeError("reduce_scatter_tensor is not supported (test)")
+            dist.reduce_scatter_tensor = broken
+        try:
+            state = train_three_steps(rank, world_size, overrides)
+        finally:
+            dist.reduce_scatter_tensor = real
+            logging.getLogger("paramgolf").removeHandler(handler)
+        out[name] = {"state": state, "log": log_records}
+    return out
 
 
 def max_relative_change(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -169,21 +160,12 @@ def max_relative_change(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 @pytest.mark.slow
-def test_two_process_parallel_muon_matches_one_process_muon(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    try:
-        while not ctx.join(timeout=2):
-            assert time.monotonic() < deadline, "a gloo rank hung"
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
+def test_two_process_parallel_muon_matches_one_process_muon():
+    per_rank = run_gloo_workers(_ranks_train_variants, world_size=2, timeout_s=600)
 
     reference = {  # 1 process, per-matrix Muon, the same global batches
-        "fp32": train_three_steps(0, 1, ["optimizer.muon_impl=muon", "optimizer.muon_ns_dtype=float32"]),
-        "bf16": train_three_steps(0, 1, ["optimizer.muon_impl=muon", "optimizer.muon_ns_dtype=bfloat16"]),
+        "fp32": train_three_steps(0, 1, ["optimizer/muon=per_matrix", "optimizer.muon_ns_dtype=float32"]),
+        "bf16": train_three_steps(0, 1, ["optimizer/muon=per_matrix", "optimizer.muon_ns_dtype=bfloat16"]),
     }
     torch.manual_seed(0)
     initial = build_model(to_container(compose(ARCH))["arch"]).state_dict()
@@ -191,7 +173,7 @@ def test_two_process_parallel_muon_matches_one_process_muon(tmp_path):
 
     report = {}
     for name in VARIANTS:
-        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt") for r in range(2)]
+        ranks = [r[name] for r in per_rank]
         for k, v in ranks[0]["state"].items():  # every rank ends with the same weights
             assert torch.equal(v, ranks[1]["state"][k]), (name, k)
         ref = reference["bf16" if name == "bf16" else "fp32"]
@@ -208,7 +190,7 @@ def test_two_process_parallel_muon_matches_one_process_muon(tmp_path):
 
 def test_clipping_with_shards_equals_plain_clipping_on_one_process():
     def run(impl: str) -> tuple[dict[str, torch.Tensor], float]:
-        c = to_container(compose(ARCH + ["optimizer=parallel_muon", f"optimizer.muon_impl={impl}",
+        c = to_container(compose(ARCH + ["optimizer=parallel_muon", f"optimizer/muon={impl}",
                                          "optimizer.grad_clip_norm=0.05"]))
         torch.manual_seed(0)
         model = build_model(c["arch"])
@@ -220,7 +202,7 @@ def test_clipping_with_shards_equals_plain_clipping_on_one_process():
         opt.step()
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, norm
 
-    (banked, n_banked), (plain, n_plain) = run("parallel"), run("muon")
+    (banked, n_banked), (plain, n_plain) = run("parallel"), run("per_matrix")
     assert n_plain > 0.05  # the clip was active
     assert n_banked == pytest.approx(n_plain, rel=1e-5)
     assert max_relative_change(banked, plain) <= 1e-5  # the clip coefficient differs in rounding only

@@ -5,14 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from paramgolf.optim.groups import (
-    BASELINE_RULES,
-    ParamRule,
-    as_rule,
-    assign_params,
-    assignment_summary,
-    baseline_rules,
-)
+from paramgolf.config.compose import compose, to_container
+from paramgolf.optim.groups import ParamRule, as_rule, assign_params, assignment_summary
+from paramgolf.runner.build import build_model
+
+
+def baseline(overrides=()):
+    """The official baseline GPT (on the meta device), its optimizer rules and its parameters' roles."""
+    c = to_container(compose(["experiment=baseline", *overrides]))
+    with torch.device("meta"):
+        model = build_model(c["arch"])
+    return model, [as_rule(r) for r in c["optimizer"]["rules"]], model.parameter_roles()
 
 
 class FakeBlock(nn.Module):
@@ -46,32 +49,36 @@ def names(assigned, rule):
 
 
 def test_baseline_rules_reproduce_the_official_split():
-    model = FakeGPT(tied=True)
-    assigned = assign_params(model.named_parameters(), BASELINE_RULES)
+    model, rules, roles = baseline()
+    assigned = assign_params(model.named_parameters(), rules, roles)
     assert names(assigned, "tied_embed") == ["tok_emb.weight"]
     assert names(assigned, "head") == []
     matrices = set(names(assigned, "matrices"))
-    assert matrices == {
-        f"blocks.{i}.{m}.weight"
-        for i in range(2)
-        for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
-    }
-    # 2-D control tensors stay on Adam; every non-matrix is on Adam with lr 0.04.
-    scalars = set(names(assigned, "scalars")) | set(names(assigned, "scalars_rest"))
+    assert matrices == {f"blocks.{i}.{m}.weight" for i in range(9)
+                        for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")}
+    # 2-D control tensors (resid_mix, skip_weights) stay on Adam: their modules declare them
+    scalars = set(names(assigned, "scalars"))
     assert {"skip_weights", "blocks.0.resid_mix", "blocks.1.attn.q_gain", "blocks.0.attn_scale"} <= scalars
-    rules = {r.name: r for r in BASELINE_RULES}
-    for name, p in model.named_parameters():
+    assert names(assigned, "vectors") == []  # every baseline non-matrix is a declared control tensor
+    by_name = {r.name: r for r in rules}
+    for name, _ in model.named_parameters():
         rule = next(r for r, members in assigned.items() if any(n == name for n, _ in members))
         if name != "tok_emb.weight":
-            assert rules[rule].lr == 0.04
-            assert (rules[rule].optimizer == "muon") == (name in matrices)
+            assert by_name[rule].lr == 0.04
+            assert (by_name[rule].optimizer == "muon") == (name in matrices)
 
 
 def test_untied_head_goes_to_the_head_rule():
-    assigned = assign_params(FakeGPT(tied=False).named_parameters(), baseline_rules(tie_embeddings=False))
-    assert names(assigned, "head") == ["lm_head.weight"]
-    assert names(assigned, "embed") == ["tok_emb.weight"]
-    assert {r.name: r.lr for r in baseline_rules(False)}["embed"] == 0.6  # official EMBED_LR
+    model, rules, roles = baseline(["arch.tie_embeddings=false"])
+    assert names(assign_params(model.named_parameters(), rules, roles), "head") == ["lm_head.weight"]
+
+
+def test_a_role_rule_needs_the_models_roles_and_matches_only_that_role():
+    rule = ParamRule("ctl", "adam", 0.1, role="control")
+    assert rule.matches("anything", torch.ones(2), "control") and not rule.matches("anything", torch.ones(2), "matrix")
+    assert not rule.is_catch_all
+    with pytest.raises(ValueError, match="declares no parameter roles"):
+        assign_params([("w", nn.Parameter(torch.ones(2)))], [rule, ParamRule("rest", "adam", 0.1)])
 
 
 def test_first_match_wins():
@@ -110,9 +117,11 @@ def test_muon_rule_rejects_vectors_and_bad_rules_fail_early():
 
 
 def test_summary_reports_empty_rules():
-    model = FakeGPT(tied=True)
-    assigned = assign_params(model.named_parameters(), BASELINE_RULES)
-    rows = {r["name"]: r for r in assignment_summary(BASELINE_RULES, assigned)}
+    model, rules, roles = baseline()
+    assigned = assign_params(model.named_parameters(), rules, roles)
+    rows = {r["name"]: r for r in assignment_summary(rules, assigned)}
     assert rows["head"]["num_tensors"] == 0 and rows["head"]["num_params"] == 0
-    assert rows["tied_embed"]["num_params"] == 16 * 8
+    assert rows["tied_embed"]["num_params"] == 1024 * 512
     assert sum(r["num_params"] for r in rows.values()) == sum(p.numel() for p in model.parameters())
+
+

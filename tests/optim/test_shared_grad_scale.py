@@ -40,8 +40,9 @@ def test_shared_core_gradients_are_divided_by_their_uses_and_nothing_else_change
 
 def test_grad_scale_for_unknown_parameters_is_refused():
     from paramgolf.optim.builder import OptimizerSet
-    from paramgolf.optim.groups import BASELINE_RULES
+    from paramgolf.optim.groups import ParamRule
 
     model = build_model(to_container(compose(ARCH))["arch"])
-    with pytest.raises(ValueError, match="grad_scale names parameters"):
-        OptimizerSet(model.named_parameters(), BASELINE_RULES, grad_scale={"nope.weight": 0.5})
+    with pytest.raises(RuntimeError, match="grad_scale names parameters"):  # grad_scale comes from the model
+        OptimizerSet(model.named_parameters(), [ParamRule("matrices", "muon", 0.04, ndim=2),
+                                                ParamRule("rest", "adam", 0.04)], grad_scale={"nope.weight": 0.5})

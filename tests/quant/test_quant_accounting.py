@@ -104,14 +104,14 @@ def test_real_paramgolf_closure():
 
 def test_roots_from_config():
     cfg = {
-        "quant": {"_target_": "paramgolf.quant.int8.Int8PerRow", "clip_quantile": 0.99},
+        "quant": {"_target_": "paramgolf.quant.mixed.MixedQuantizer", "table": []},
         "codecs": [{"_target_": "paramgolf.quant.codecs.Zlib"}, {"_target_": "paramgolf.quant.codecs.Zstd"}],
         "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True},
         "deep": {"x": [{"y": {"_target_": "paramgolf.quant.artifact.pack_artifact"}}]},
         "pkg_attr": {"_target_": "paramgolf.quant.SomethingExported"},
         "not_a_target": "paramgolf.quant.estimate",
     }
-    expected = ["paramgolf.quant", "paramgolf.quant.artifact", "paramgolf.quant.codecs", "paramgolf.quant.int8"]
+    expected = ["paramgolf.quant", "paramgolf.quant.artifact", "paramgolf.quant.codecs", "paramgolf.quant.mixed"]
     assert roots_from_config(cfg) == expected
     assert roots_from_config(OmegaConf.create(cfg)) == expected
     assert roots_from_config({"a": {"_target_": "torch.nn.Linear"}}) == []

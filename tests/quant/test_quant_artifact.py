@@ -1,14 +1,18 @@
 """Artifact files: exact round trip, refusal of damaged or foreign files, no pickle anywhere."""
 from __future__ import annotations
 
+import functools
 import io
+import os
 import pickle
 import struct
 import zlib
 
+import hydra.utils
 import pytest
 import torch
 
+from paramgolf.config.compose import compose, to_container
 from paramgolf.quant.artifact import (
     MAGIC,
     ArtifactError,
@@ -21,7 +25,6 @@ from paramgolf.quant.artifact import (
     write_artifact,
 )
 from paramgolf.quant.codecs import Lzma, Raw, Zlib, Zstd
-from paramgolf.quant.int8 import Int8PerRow
 from paramgolf.quant.schemes import QuantizedTensor, dequantize_state
 
 ARCH = {"model_dim": 16, "num_layers": 2, "vocab_size": 40, "nested": {"mlp_mult": 2}}
@@ -41,8 +44,15 @@ def tiny_state() -> dict[str, torch.Tensor]:
     }
 
 
+@functools.cache
+def int8_quantizer(keep_float_max_numel: int):
+    """The baseline's int8 preset (quant=int8_zlib) with another small-tensor limit."""
+    c = to_container(compose(["quant=int8_zlib", f"quant.keep_float_max_numel={keep_float_max_numel}"]))
+    return hydra.utils.instantiate(c["quant"]["quantizer"])
+
+
 def tiny_qstate() -> dict[str, QuantizedTensor]:
-    return Int8PerRow(keep_float_max_numel=8).quantize(tiny_state())
+    return int8_quantizer(8).quantize(tiny_state())
 
 
 def test_pack_is_deterministic_and_has_the_documented_header():

@@ -1,15 +1,25 @@
 """Pre-training size estimate: calibrated on the official baseline, deterministic, fast."""
 from __future__ import annotations
 
+import functools
 import math
 
+import hydra.utils
 import pytest
 import torch
 
+from paramgolf.config.compose import compose, to_container
 from paramgolf.quant.artifact import pack_artifact
 from paramgolf.quant.codecs import Zlib
 from paramgolf.quant.estimate import estimate_model_bytes, surrogate_state_dict
-from paramgolf.quant.int8 import Int8PerRow
+
+
+@functools.cache
+def baseline_int8(keep_float_max_numel: int = 65536):
+    """quant=int8_zlib's quantizer (the official baseline's int8 export) at a small-tensor limit."""
+    c = to_container(compose(["quant=int8_zlib", f"quant.keep_float_max_numel={keep_float_max_numel}"]))
+    return hydra.utils.instantiate(c["quant"]["quantizer"])
+
 
 PUBLISHED_BASELINE_BYTES = 15_815_847  # records/track_10min_16mb/2026-03-17_NaiveBaseline, int8+zlib
 PUBLISHED_BASELINE_PARAMS = 17_059_912
@@ -35,30 +45,33 @@ def baseline_shapes(num_layers: int = 9, dim: int = 512, vocab: int = 1024) -> d
     return shapes
 
 
+@pytest.mark.slow
 def test_baseline_estimate_matches_the_published_size_and_is_deterministic():
     shapes = baseline_shapes()
-    first = estimate_model_bytes(shapes, Int8PerRow(), Zlib(9), {"model_dim": 512})
+    first = estimate_model_bytes(shapes, baseline_int8(), Zlib(9), {"model_dim": 512})
     assert first.num_params == PUBLISHED_BASELINE_PARAMS
     assert abs(first.model_bytes / PUBLISHED_BASELINE_BYTES - 1) < 0.02
-    again = estimate_model_bytes(shapes, Int8PerRow(), Zlib(9), {"model_dim": 512})
+    again = estimate_model_bytes(shapes, baseline_int8(), Zlib(9), {"model_dim": 512})
     assert again.model_bytes == first.model_bytes
     assert first.per_tensor["tok_emb.weight"] == {"scheme": "int8_row", "numel": 524288, "stored_bytes": 524288 + 2048}
     assert first.per_tensor["blocks.3.attn.q_gain"]["scheme"] == "fp32"
     assert first.seconds < 30  # ~2 s alone; generous for a shared 2-core machine
 
 
+@pytest.mark.slow
 def test_row_sampling_is_close_to_the_exact_size():
     shapes = baseline_shapes(num_layers=1)
-    exact = estimate_model_bytes(shapes, Int8PerRow(), Zlib(9), {}, row_fraction=1.0).model_bytes
-    sampled = estimate_model_bytes(shapes, Int8PerRow(), Zlib(9), {}, row_fraction=0.25).model_bytes
+    exact = estimate_model_bytes(shapes, baseline_int8(), Zlib(9), {}, row_fraction=1.0).model_bytes
+    sampled = estimate_model_bytes(shapes, baseline_int8(), Zlib(9), {}, row_fraction=0.25).model_bytes
     assert abs(sampled / exact - 1) < 0.003
-    other_seed = estimate_model_bytes(shapes, Int8PerRow(), Zlib(9), {}, seed=1, row_fraction=1.0).model_bytes
+    other_seed = estimate_model_bytes(shapes, baseline_int8(), Zlib(9), {}, seed=1, row_fraction=1.0).model_bytes
     assert other_seed != exact and abs(other_seed / exact - 1) < 0.003
 
 
+@pytest.mark.slow
 def test_trained_surrogate_costs_far_more_than_zero_init():
     shapes = baseline_shapes(num_layers=1, dim=128, vocab=512)
-    quant = Int8PerRow(keep_float_max_numel=1024)  # so these small matrices are quantized
+    quant = baseline_int8(keep_float_max_numel=1024)  # so these small matrices are quantized
 
     def estimate(**kwargs) -> int:
         return estimate_model_bytes(shapes, quant, Zlib(9), {}, row_fraction=1.0, **kwargs).model_bytes
@@ -84,11 +97,11 @@ def test_surrogate_values_and_inputs():
     assert out["bias"].dtype == torch.bfloat16 and torch.equal(out["ids"], torch.arange(6))
     assert torch.equal(surrogate_state_dict(sd, seed=3, matrix_rms=0.5)["w"], out["w"])
     specs = {"w": ([64, 256], "float32"), "ids": ((6,), torch.int64)}
-    res = estimate_model_bytes(specs, Int8PerRow(), Zlib(), {}, row_fraction=1.0)
+    res = estimate_model_bytes(specs, baseline_int8(), Zlib(), {}, row_fraction=1.0)
     assert res.num_params == 64 * 256 + 6 and res.per_tensor["ids"]["scheme"] == "raw"
     with pytest.raises(ValueError, match="'w'"):
-        estimate_model_bytes({"w": "big"}, Int8PerRow(), Zlib(), {})
+        estimate_model_bytes({"w": "big"}, baseline_int8(), Zlib(), {})
     for bad in ({"tail_dof": 2.0}, {"row_fraction": 0.0}, {"matrix_rms": 0.0}):
         with pytest.raises(ValueError):
-            estimate_model_bytes(specs, Int8PerRow(), Zlib(), {}, **bad)
+            estimate_model_bytes(specs, baseline_int8(), Zlib(), {}, **bad)
     assert math.isfinite(res.model_bytes) and res.model_bytes > 0

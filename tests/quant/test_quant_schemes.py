@@ -1,14 +1,37 @@
-"""Dequantization registry: dtype/shape restoration and clear errors."""
+"""The dequantizer table: dtype/shape restoration and clear errors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from paramgolf.quant.schemes import QuantizedTensor, dequantize_state, dequantize_tensor, dtype_from_name, known_schemes
+from paramgolf.quant.pack import pack_codes
+from paramgolf.quant.schemes import (
+    DEQUANTIZERS,
+    QuantizedTensor,
+    dequantize_state,
+    dequantize_tensor,
+    dtype_from_name,
+    known_schemes,
+)
 
 
 def test_known_schemes():
-    assert {"int8_row", "int8_tensor", "fp16", "bf16", "fp32", "raw"} <= set(known_schemes())
+    # Every scheme a quantizer writes, known without importing any quantizer module.
+    assert known_schemes() == sorted(["int8_row", "int8_tensor", "intn_row", "intn_row_packed",
+                                      "fp16", "bf16", "fp32", "raw"])
+    assert known_schemes() == sorted(DEQUANTIZERS)
+
+
+def test_intn_records_dequantize_from_the_table():
+    q = torch.tensor([[1, -31], [0, 5]], dtype=torch.int8)
+    scale = torch.tensor([0.5, 2.0]).half()
+    plain = QuantizedTensor("intn_row", (2, 2), "float32", {"q": q, "scale": scale}, {"bits": 6})
+    packed = QuantizedTensor("intn_row_packed", (2, 2), "float32", {"packed": pack_codes(q, 6), "scale": scale},
+                             {"bits": 6})
+    expected = torch.tensor([[0.5, -15.5], [0.0, 10.0]])
+    assert torch.equal(dequantize_tensor(plain), expected) and torch.equal(dequantize_tensor(packed), expected)
+    with pytest.raises(ValueError, match="6-bit range"):
+        dequantize_tensor(QuantizedTensor("intn_row", (2, 2), "float32", {"q": q * 2, "scale": scale}, {"bits": 6}))
 
 
 def test_int8_row_restores_dtype_and_shape():

@@ -38,7 +38,7 @@ def test_progress_is_silent_when_disabled_or_not_rank_zero(monkeypatch):
     bar.update(1, 1.0, 1.0, 1.0)
     bar.close()
     assert out.getvalue() == ""
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(AssertionError, match="total_steps"):  # train.iterations is checked up front
         TrainProgress(0, enabled=True, max_seconds=None)
 
 

@@ -1,4 +1,4 @@
-"""WandbLogger: a real offline run read back from its .wandb file, and failures that only warn.
+"""WandbLogger: a real offline run read back from its .wandb file (with wandb's own reader), and failures that only warn.
 
 The autouse fixture in tests/conftest.py points every WANDB_* dir at tmp_path and sets
 WANDB_MODE=offline, so nothing here touches the home dir or the network.
@@ -10,16 +10,16 @@ import sys
 import pytest
 import wandb
 from hydra.utils import instantiate
+from wandb_files import read_offline_run  # tests/tracking/wandb_files.py: wandb's own reader of .wandb logs
 
 from paramgolf.tracking.base import LoggerWarning
 from paramgolf.tracking.wandb_logger import WandbLogger, artifact_name
-from paramgolf.tracking.wandb_reader import read_offline_run
 
 CONFIG = {
     "seed": 1337,
     "model": {"n_layer": 4, "d_model": 64},
     "optimizer": {"lr": 0.02, "name": "muon"},
-    # Long enough that the run record spans two 32 KiB blocks (FIRST/MIDDLE/LAST chunks).
+    # Long enough that the run record spans several 32 KiB blocks of the .wandb log.
     "notes": "x" * 40_000,
 }
 

@@ -1,0 +1,129 @@
+"""The run plan: every component of a run built once from the composed config, checked together.
+
+Hydra's schemas already refuse misspelt keys, wrong types and unknown options when composing;
+building each component here runs its own argument checks, and the few checks that span
+components (batch divisibility, optimizer rules covering every parameter, QAT's quantizer)
+run once, before any data is read. The stages then receive built objects, never the config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from paramgolf.errors import UserError
+from paramgolf.quant.qat import QAT
+from paramgolf.quant.recipe import ExportRecipe
+from paramgolf.runner.build import build_model, code_roots, instantiate_unwrapped
+from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
+
+
+@dataclass
+class Runtime:
+    """Where and how the run computes (the `train` keys that are not the training recipe)."""
+    device: str  # auto | cpu | cuda
+    autocast: str  # auto | bf16 | none
+    compile: str  # auto | true | false
+    bf16_embeddings: bool
+    collective_timeout_s: float
+    loader_seed: int
+    progress: bool
+
+
+@dataclass
+class QATSettings:
+    start_lr_scale: float | None  # None: from the first step
+    after_step: int  # not during an LR warm-up
+
+
+@dataclass
+class RunPlan:
+    """The built components of one run (on one process)."""
+    name: str
+    seed: int
+    budget_bytes: int
+    config: dict[str, Any]  # resolved: saved in results.json and sent to the logger
+    data: Any  # a data source: .resolve() -> DatasetInfo
+    model: nn.Module  # the seeded initial weights, on the CPU
+    vocab_size: int
+    optimizer: Callable[..., Any]  # (named_params, param_uses=, param_roles=) -> OptimizerSet
+    loop: LoopSettings
+    runtime: Runtime
+    averaging: Any
+    qat: QATSettings | None  # None: no QAT
+    export: ExportRecipe  # quantizer, codec, packing, GPTQ calibration
+    wallclock_cap_s: float | None  # the full cap (loop.max_wallclock_seconds may keep some for calibration)
+    evaluator: Any
+    ttt: Any
+    eval_cache: Any
+    logger: Any
+    code_roots: list[str]
+
+
+def lr_schedule_for(train: Mapping[str, Any]) -> Callable[[int, float], float]:
+    """The configured LR schedule, completed with the run's iterations and wallclock cap."""
+    return instantiate_unwrapped(train["schedule"])(iterations=train["iterations"],
+                                                    max_wallclock_s=train["max_wallclock_seconds"])
+
+
+def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
+    """The train loop's settings from the `train` config, with its LR schedule built."""
+    t = train
+    for key in ("iterations", "batch_tokens", "seq_len", "micro_batches", "nproc_per_node"):
+        if t[key] < 1:
+            raise UserError(f"train.{key}={t[key]} must be ≥ 1")
+    cap = t["max_wallclock_seconds"]
+    if cap is not None and cap < 0:
+        raise UserError(f"train.max_wallclock_seconds={cap} must be ≥ 0 (0 or null: no cap)")
+    schedule = lr_schedule_for(t)
+    return LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
+                        micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
+                        max_wallclock_seconds=cap, val_every=t["val_every"], log_every=t["log_every"],
+                        lr_schedule=schedule)
+
+
+def dry_run_optimizer(optimizer: Callable[..., Any], model: nn.Module) -> None:
+    """Check the optimizer's options and that its rules cover every parameter, on meta-device stand-ins
+    (the real optimizer is built on the training device: Muon picks its dtype and banks there)."""
+    stand_ins = [(n, nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad))
+                 for n, p in model.named_parameters()]
+    optimizer(stand_ins, param_uses=model.parameter_uses(), param_roles=model.parameter_roles())
+
+
+def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
+    """Build and check every component; a UserError names the key and the fix.
+
+    `world_size` is the number of ranks that will train. The model is built with the run's seed,
+    so its initial weights are the run's.
+    """
+    t, q = c["train"], c["quant"]
+    loop = loop_settings(t)
+    micro_batch_plan(loop, world_size)
+    if c["budget_bytes"] <= 0:
+        raise UserError(f"budget_bytes={c['budget_bytes']} must be positive")
+    evaluator = instantiate_unwrapped(c["eval"])
+    evaluator.bind(t["seq_len"])
+    torch.manual_seed(c["seed"])
+    model = build_model(c["arch"])
+    optimizer = instantiate_unwrapped(c["optimizer"])
+    dry_run_optimizer(optimizer, model)
+    export = ExportRecipe(instantiate_unwrapped(q["quantizer"]), instantiate_unwrapped(q["codec"]), q["packing"],
+                          instantiate_unwrapped({"_target_": "paramgolf.quant.calibration.Calibration",
+                                                 **q["calibration"]}))
+    qat = None
+    if q["qat"]["enabled"]:
+        QAT.check(export.quantizer, q["qat"]["start_lr_scale"])
+        qat = QATSettings(q["qat"]["start_lr_scale"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
+    cap = loop.max_wallclock_seconds
+    loop.max_wallclock_seconds = export.training_cap(cap)
+    runtime = Runtime(device=t["device"], autocast=t["autocast"], compile=str(t["compile"]),
+                      bf16_embeddings=t["bf16_embeddings"], collective_timeout_s=t["collective_timeout_s"],
+                      loader_seed=t["loader_seed"], progress=t["progress"])
+    return RunPlan(
+        name=c["name"], seed=c["seed"], budget_bytes=c["budget_bytes"], config=dict(c),
+        data=instantiate_unwrapped(c["data"]), model=model, vocab_size=c["arch"]["vocab_size"],
+        optimizer=optimizer, loop=loop, runtime=runtime, averaging=instantiate_unwrapped(t["averaging"]),
+        qat=qat, export=export, wallclock_cap_s=cap, evaluator=evaluator, ttt=instantiate_unwrapped(c["ttt"]), eval_cache=instantiate_unwrapped(c["eval_cache"]),
+        logger=instantiate_unwrapped(c["logger"]), code_roots=code_roots(c))

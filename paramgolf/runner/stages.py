@@ -1,0 +1,370 @@
+"""The stages of a run, in DESIGN.md's order: data → model → train → average → export → score → report.
+
+Each stage takes the built components it needs and what the stages before it produced, and
+returns its products plus its section of results.json. `paramgolf-eval` reuses export and score.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.dataset import DatasetInfo, check_token_ids, check_vocab
+from paramgolf.data.loader import DistributedTokenLoader
+from paramgolf.data.tokenizer import file_sha256, files_sha256, load_tokenizer
+from paramgolf.evaluation import compliance
+from paramgolf.evaluation.bpb import EvalResult
+from paramgolf.fsio import write_atomic
+from paramgolf.model.training import artifact_view
+from paramgolf.quant.accounting import code_bytes as measure_code_bytes
+from paramgolf.quant.artifact import read_artifact, save_weights
+from paramgolf.quant.recipe import CalibrationData, ExportRecipe
+from paramgolf.runner import distributed as D
+from paramgolf.runner.build import build_model, count_params, prepare_for_device, resolve_autocast, resolve_compile
+from paramgolf.runner.plan import QATSettings, Runtime
+from paramgolf.runner.results import (ArtifactInfo, AveragingInfo, DataInfo, ExportInfo, ModelInfo, Results,
+                                      ResultsFile, RunInfo, ScoreInfo, TrainInfo, git_commit)
+from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer, TrainSummary
+from paramgolf.tracking.base import Logger, NullLogger
+from paramgolf.tracking.jsonl import MetricsJSONL
+from paramgolf.tracking.progress import TrainProgress, format_summary
+
+ARTIFACT_FILE = "model.pgart"
+WEIGHTS_FILE = "weights.safetensors"
+EXIT_OVER_BUDGET = 3
+
+
+class RunOutput:
+    """Everything a run writes, on rank 0 only: console and train.log lines, metrics.jsonl and the
+    logger, and results.json (rewritten after every stage; `stage(name)` records a failure)."""
+
+    def __init__(self, out_dir: Path, run: RunInfo, env: D.DistEnv, logger: Logger | None = None,
+                 metrics: bool = True, logfile: str | None = "train.log"):
+        self.main = env.is_main
+        self.logger = logger if (logger is not None and self.main) else NullLogger()
+        if self.main:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        self.logfile = Path(out_dir) / logfile if (self.main and logfile) else None
+        self.metrics = MetricsJSONL(Path(out_dir) / "metrics.jsonl") if (self.main and metrics) else None
+        self.file = ResultsFile(out_dir, Results(run=run), enabled=self.main)
+        self.results = self.file.results
+        self.file.write()  # status: running, from the start
+
+    def say(self, msg: str) -> None:
+        if not self.main:
+            return
+        print(msg, file=sys.stderr, flush=True)
+        if self.logfile is not None:
+            with open(self.logfile, "a") as f:
+                f.write(msg + "\n")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.metrics is not None:
+            self.metrics.log(values, step)
+        self.logger.log(values, step)
+
+    def stage(self, name: str):
+        return self.file.stage(name)
+
+    def close(self) -> None:
+        self.logger.finish(exit_code=0 if self.results.status == "ok" else 1)
+        self.logger = NullLogger()
+
+
+def run_info(name: str, seed: int, budget_bytes: int, config: dict[str, Any], env: D.DistEnv, **extra) -> RunInfo:
+    return RunInfo(name=name, seed=seed, budget_bytes=budget_bytes, git_commit=git_commit(),
+                   world_size=env.world_size, device=str(env.device), torch_version=torch.__version__,
+                   python=platform.python_version(), config=config, **extra)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+@dataclass
+class Validation:
+    """The validation split and the tokens the evaluation method scores from it."""
+    tokens: torch.Tensor  # what the method reads (the official range, or the whole split)
+    num_split_tokens: int
+    num_split_bytes: int  # scored bytes of the whole split: positions 1..
+    byte_table: Any  # on the run's device
+
+
+@dataclass
+class RunData:
+    dataset: DatasetInfo
+    val: Validation
+
+
+def load_data(source: Any, evaluator: Any, vocab_size: int, device: torch.device) -> tuple[RunData, DataInfo]:
+    """Resolve the data source, check it against the model's vocabulary, load the validation split once."""
+    ds = source.resolve()
+    check_vocab(ds, vocab_size)
+    byte_table = build_byte_table(load_tokenizer(ds.tokenizer_path), table_size=vocab_size)
+    split = ds.validation_tokens(1)
+    check_token_ids(ds, split, vocab_size)
+    val = Validation(evaluator.scored_tokens(split), int(split.numel()), byte_table.count_stream(split),
+                     byte_table.to(device))
+    info = DataInfo(dataset=ds.name, dataset_dir=str(ds.data_dir), tokenizer_sha256=file_sha256(ds.tokenizer_path),
+                    val_shards_sha256=files_sha256(ds.val_files), num_val_tokens=val.num_split_tokens,
+                    num_val_bytes=val.num_split_bytes, entropy_floor_bpb=ds.entropy_bits_per_byte)
+    return RunData(ds, val), info
+
+
+@dataclass
+class Scorer:
+    """Scores a model on the validation tokens with the configured method, over every rank."""
+    evaluator: Any
+    val: Validation
+    env: D.DistEnv
+    autocast_dtype: torch.dtype | None
+
+    def __call__(self, model: nn.Module, progress: bool | None = None) -> EvalResult:
+        show = self.evaluator.progress if progress is None else progress
+        return self.evaluator(model, self.val.tokens, self.val.byte_table, device=self.env.device,
+                              rank=self.env.rank, world_size=self.env.world_size,
+                              autocast_dtype=self.autocast_dtype, progress=show and self.env.is_main)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+@dataclass
+class PlacedModel:
+    model: nn.Module  # the raw module: state dicts, hooks
+    train_model: nn.Module  # what forward/backward run (compiled on CUDA by default)
+    autocast_dtype: torch.dtype | None
+
+
+def place_model(model: nn.Module, runtime: Runtime, env: D.DistEnv) -> tuple[PlacedModel, ModelInfo]:
+    """Move the seeded model to the device, give every rank rank 0's weights, compile it if asked."""
+    counts = count_params(model)
+    model = prepare_for_device(model, env.device, runtime.bf16_embeddings)
+    D.broadcast_parameters(model)
+    train_model = model
+    if resolve_compile(runtime.compile, env.device):
+        torch._dynamo.reset()  # sweep jobs share a process: don't hit dynamo's per-function recompile limit
+        train_model = torch.compile(model, dynamic=False, fullgraph=True)
+    info = ModelInfo(params=counts["params"], params_by_group={k: v for k, v in counts.items() if k != "params"})
+    return PlacedModel(model, train_model, resolve_autocast(runtime.autocast, env.device)), info
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+class _AveragingHook:
+    def __init__(self, averaging, model):
+        self.averaging, self.model = averaging, model
+
+    def on_step_start(self, step, elapsed_s, lr_scale):
+        pass
+
+    def on_step_end(self, info: StepInfo):
+        self.averaging.update(self.model, info.step, info.lr_scale)
+
+
+def train(placed: PlacedModel, optimizer: Callable[..., Any], loop: LoopSettings, averaging: Any,
+          qat: QATSettings | None, quantizer: Any, train_files: list[Path], runtime: Runtime, env: D.DistEnv,
+          out: RunOutput, validate: Callable[[int], None] | None = None,
+          full_cap_s: float | None = None) -> tuple[TrainSummary, TrainInfo]:
+    """The train loop with its hooks (QAT, weight averaging), progress and metrics.
+
+    `full_cap_s`: the configured wallclock cap when `loop` stops earlier to leave time for calibration.
+    """
+    model = placed.model
+    optimizers = optimizer(list(model.named_parameters()), param_uses=model.parameter_uses(),
+                           param_roles=model.parameter_roles())
+    for g in optimizers.param_groups_summary():
+        if g["num_tensors"]:
+            out.say(f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
+                    f"tensors={g['num_tensors']} params={g['num_params']:,}")
+    reserved = (full_cap_s - loop.max_wallclock_seconds) if full_cap_s and loop.max_wallclock_seconds != full_cap_s \
+        else None
+    if reserved:
+        out.say(f"wallclock: training stops at {loop.max_wallclock_seconds:.0f}s, {reserved:.0f}s kept for GPTQ "
+                f"calibration")
+    if qat is not None:
+        from paramgolf.quant.qat import QAT
+        qat = QAT(model, quantizer, qat.start_lr_scale, out.say, after_step=qat.after_step)
+    hooks = ([qat] if qat is not None else []) + [_AveragingHook(averaging, model)]
+    trainer = Trainer(model, placed.train_model, optimizers,
+                      lambda: DistributedTokenLoader(train_files, env.rank, env.world_size, seed=runtime.loader_seed),
+                      loop, env, placed.autocast_dtype, hooks=hooks)
+    if loop.warmup_steps:
+        out.say(f"warm-up: {loop.warmup_steps} steps (rolled back)")
+    trainer.warm_up()
+    averaging.update(model, 0)  # averaging starts from the (rolled-back) initial weights
+    progress = TrainProgress(loop.iterations, enabled=env.is_main and runtime.progress,
+                             max_seconds=loop.max_wallclock_seconds or None)  # 0: no cap
+    last_loss = float("nan")
+
+    def on_log(info: StepInfo) -> None:
+        nonlocal last_loss
+        tps = info.tokens / max(info.elapsed_s, 1e-9)
+        if info.loss is not None:
+            last_loss = info.loss
+            out.log({"train/loss": info.loss, "train/lr_scale": info.lr_scale, "train/tokens_per_s": tps,
+                     "train/time_s": info.elapsed_s}, info.step)
+        progress.update(info.step, last_loss, tps, info.elapsed_s)
+
+    summary = trainer.train(validate=validate, on_log=on_log)
+    progress.close()
+    info = TrainInfo(steps=summary.steps, train_time_s=summary.train_time_s, stopped_by=summary.stopped_by,
+                     tokens_seen=summary.tokens_seen, train_tokens_per_s=summary.tokens_per_s,
+                     final_train_loss=summary.last_loss, calibration_reserved_s=reserved)
+    if qat is not None:
+        qat.disable()  # evaluation and export see the fp32 weights; the artifact holds their rounding
+        info.qat = {"enabled_at_step": qat.enabled_at, "layers": len(qat.layers),
+                    "start_lr_scale": qat.start_lr_scale}
+    out.say(f"trained {summary.steps} steps in {summary.train_time_s:.1f}s ({summary.stopped_by}), "
+            f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}")
+    return summary, info
+
+
+def periodic_validation(score: Scorer, model: nn.Module, out: RunOutput, step: int) -> None:
+    r = score(model, progress=False)
+    out.log({"val/loss": r.val_loss, "val/bpb": r.val_bpb}, step)
+    out.say(f"step:{step} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f}")
+
+
+# ---------------------------------------------------------------------------------------------- average
+
+def average(averaging: Any, model: nn.Module, score: Scorer, pre_quant: bool,
+            out: RunOutput) -> tuple[dict[str, torch.Tensor], AveragingInfo]:
+    """The weights to export (loaded into `model`, fp32 on the CPU), and their pre-quant scores.
+
+    `pre_averaging_val_bpb` scores the raw final weights, `pre_quant_val_bpb` the exported ones.
+    An averaging that selects on validation scores every candidate and keeps the best (non-compliant).
+    """
+    info = AveragingInfo()
+    raw = None
+    if averaging.name != "none" and (pre_quant or averaging.selects_on_validation):
+        raw = score(model)  # the model still holds the raw final weights
+        info.pre_averaging_val_bpb, info.pre_averaging_val_loss = raw.val_bpb, raw.val_loss
+        out.say(f"before averaging val_loss:{raw.val_loss:.4f} val_bpb:{raw.val_bpb:.4f}")
+    chosen_eval = None
+    if averaging.selects_on_validation:
+        candidates = averaging.candidates(model)
+        candidates["raw"] = {k: v.detach().clone() for k, v in candidates["raw"].items()}
+        results = {"raw": raw}
+        for name, state in candidates.items():
+            if name != "raw":
+                model.load_state_dict(state, strict=True)
+                results[name] = score(model)
+        chosen = min(results, key=lambda n: results[n].val_bpb)
+        averaging.chosen = chosen
+        averaged, chosen_eval = candidates[chosen], results[chosen]
+        scores = {n: r.val_bpb for n, r in results.items()}
+        out.say(f"averaging: chose {chosen} by validation score {scores} (selection on the test set: non-compliant)")
+        info.averaging = {**averaging.describe(), "selected_on_validation": True, "candidates_val_bpb": scores}
+    else:
+        averaged = averaging.averaged_state_dict(model)
+        info.averaging = {**averaging.describe(), "selected_on_validation": False}
+    if averaging.name != "none":
+        chosen = info.averaging.get("chosen")
+        out.say(f"averaging: {info.averaging['method']}" + (f" → {chosen}" if chosen else ""))
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in averaged.items()}
+    model.load_state_dict(state, strict=True)
+    if pre_quant:
+        pre = chosen_eval or score(model)
+        info.pre_quant_val_bpb, info.pre_quant_val_loss = pre.val_bpb, pre.val_loss
+        out.say(f"pre-quant val_loss:{pre.val_loss:.4f} val_bpb:{pre.val_bpb:.4f}")
+    return state, info
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def export(recipe: ExportRecipe, state: dict[str, torch.Tensor], arch: dict[str, Any], path: Path,
+           meta: dict[str, Any], out: RunOutput, *, model: nn.Module | None = None,
+           calibration: CalibrationData | None = None, train_time_s: float | None = None,
+           cap_s: float | None = None) -> ExportInfo:
+    """Quantize (GPTQ calibrated on training data when the recipe asks), pack, compress, write the artifact.
+
+    Training-only parts (declared by the model) are left out of the artifact.
+    """
+    arch, state = artifact_view(arch, state)
+    blob, report = recipe.export(state, arch, meta, model=model, data=calibration, train_time_s=train_time_s,
+                                 cap_s=cap_s, say=out.say)
+    write_atomic(path, blob, fsync=True)
+    out.say(f"export: {report['quantizer']} + {report['codec']} ({report['packing']} packing) "
+            f"{report['model_bytes']:,} model bytes")
+    return ExportInfo(quant=report, **report.pop("calibration", {}))
+
+
+# ---------------------------------------------------------------------------------------------- score
+
+def rebuild_from_artifact(path: Path, device: torch.device) -> nn.Module:
+    """The scored model: built from the artifact file alone (architecture + weights)."""
+    art = read_artifact(path)
+    model = build_model(art.arch_config)
+    model.load_state_dict(art.state_dict, strict=True)
+    return model.to(device)
+
+
+def measure_artifact(path: Path, roots: list[str], budget_bytes: int) -> ArtifactInfo:
+    model_bytes = Path(path).stat().st_size
+    code = measure_code_bytes(roots)
+    total = model_bytes + code
+    return ArtifactInfo(model_bytes=model_bytes, code_bytes=code, artifact_bytes=total, fits=total <= budget_bytes,
+                        artifact_file=str(path))
+
+
+def score_artifact(path: Path, score: Scorer, ttt: Any, eval_cache: Any, *, selected_on_validation: bool,
+                   pre_quant_val_bpb: float | None, entropy_floor_bpb: float | None) -> ScoreInfo:
+    """Rebuild the model from the artifact alone, evaluate it, and judge the evaluation's legality."""
+    model = rebuild_from_artifact(path, score.env.device)
+    r = score(model)
+    ev = score.evaluator
+    verdict = compliance.assess(ev, ttt, eval_cache, num_scored=r.num_tokens,
+                                num_expected=ev.expected_scored(score.val.num_split_tokens),
+                                weights_selected_on_validation=selected_on_validation)
+    return ScoreInfo(val_bpb=r.val_bpb, val_loss=r.val_loss, eval_time_s=r.eval_time_s,
+                     eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride, "ttt": ttt.name,
+                           "eval_cache": eval_cache.name, "num_tokens": r.num_tokens, "num_bytes": r.num_bytes,
+                           "on": "artifact_round_trip"},
+                     compliance=verdict,
+                     gap_to_floor_bpb=(r.val_bpb - entropy_floor_bpb) if entropy_floor_bpb else None,
+                     round_trip_gap_bpb=(r.val_bpb - pre_quant_val_bpb) if pre_quant_val_bpb is not None else None)
+
+
+def score_stage(path: Path, score: Scorer, ttt: Any, eval_cache: Any, roots: list[str], budget_bytes: int,
+                out: RunOutput, *, selected_on_validation: bool, step: int) -> ScoreInfo:
+    """Measure the artifact's bytes (recorded before evaluating), then score it; logs both."""
+    res = out.results
+    res.artifact = art = measure_artifact(path, roots, budget_bytes)
+    out.file.write()  # the bytes are known even if evaluation fails
+    pre = res.averaging.pre_quant_val_bpb if res.averaging else None
+    floor = res.data.entropy_floor_bpb if res.data else None
+    s = score_artifact(path, score, ttt, eval_cache, selected_on_validation=selected_on_validation,
+                       pre_quant_val_bpb=pre, entropy_floor_bpb=floor)
+    out.log({"val/bpb": s.val_bpb, "val/loss": s.val_loss, "artifact/bytes": art.artifact_bytes,
+             "artifact/model_bytes": art.model_bytes, "artifact/code_bytes": art.code_bytes}, step)
+    out.say(f"round-trip val_loss:{s.val_loss:.4f} val_bpb:{s.val_bpb:.4f} artifact_bytes:{art.artifact_bytes} "
+            f"(model {art.model_bytes} + code {art.code_bytes}) {compliance.summarize(s.compliance)}")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def report(out: RunOutput, artifact_path: Path | None = None) -> int:
+    """Final status, logger summary (and artifact), the printed summary; returns the exit code."""
+    res = out.results
+    art, s = res.artifact, res.score
+    data = res.to_dict()
+    out.logger.summary({k: data.get(k) for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes",
+                                                 "model_bytes", "code_bytes", "params", "steps")})
+    if artifact_path is not None:  # the logger knows whether it uploads artifacts (logger.log_artifact)
+        out.logger.log_artifact(artifact_path, name=f"{res.run.name}-s{res.run.seed}", type="model",
+                                metadata={"val_bpb": s.val_bpb, "artifact_bytes": art.artifact_bytes})
+    out.file.write("ok" if art.fits else "over_budget")
+    out.close()  # W&B prints its own lines; ours come last
+    if out.main:
+        print(format_summary(res.to_dict()), file=sys.stderr, flush=True)
+    out.say(f"results: {out.file.path}")
+    if not art.fits:
+        out.say(f"OVER BUDGET by {art.artifact_bytes - res.run.budget_bytes:,} bytes "
+                f"(model {art.model_bytes:,} + code {art.code_bytes:,} > {res.run.budget_bytes:,})")
+        return EXIT_OVER_BUDGET
+    return 0
