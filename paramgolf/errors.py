@@ -4,6 +4,7 @@
 `assert`, a `RuntimeError`, any other exception) is a broken invariant, i.e. a bug in
 paramgolf, and the CLIs let it through with its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@
 * ``to_jsonable``: plain JSON values from Paths, numpy scalars and one-element tensors;
   usable on a whole structure or as ``json.dumps(..., default=to_jsonable)``.
 """
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ bit-packed codes, the smaller kept) and is timed compressing and decompressing i
     python scripts/bench_codecs.py                 # pr754
     python scripts/bench_codecs.py experiment=pr537
 """
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,29 @@ def main() -> None:
     c = to_container(compose(overrides))
     t0 = time.perf_counter()
     out = budget_report(c, all_codecs=True)
-    print(json.dumps({"preset": c["name"], "quantizer": out["quantizer"], "params": out["params"],
-                      "code_bytes": out["code_bytes"], "seconds": round(time.perf_counter() - t0, 1),
-                      "codecs": out["codecs"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "preset": c["name"],
+                "quantizer": out["quantizer"],
+                "params": out["params"],
+                "code_bytes": out["code_bytes"],
+                "seconds": round(time.perf_counter() - t0, 1),
+                "codecs": out["codecs"],
+            },
+            indent=1,
+        )
+    )
     print(f"\n{'codec':<76}{'packing':>8}{'model bytes':>13}{'comp s':>8}{'dec s':>7}", file=sys.stderr)
     for r in out["codecs"]:
         if r["model_bytes"] is None:
             print(f"{r['settings']:<76}  failed: {r['error']}", file=sys.stderr)
             continue
-        print(f"{r['settings']:<76}{r['packing']:>8}{r['model_bytes']:>13,}{r['compress_s']:>8.2f}"
-              f"{r['decompress_s']:>7.2f}", file=sys.stderr)
+        print(
+            f"{r['settings']:<76}{r['packing']:>8}{r['model_bytes']:>13,}{r['compress_s']:>8.2f}"
+            f"{r['decompress_s']:>7.2f}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

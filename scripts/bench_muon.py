@@ -11,6 +11,7 @@ CPU) unless `--ns-dtype` says otherwise.
     python scripts/bench_muon.py --preset pr1263 --steps 5 --ns-dtype bfloat16
     torchrun --nproc_per_node=8 scripts/bench_muon.py  # sharded: each rank orthogonalises its slices
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,15 +89,28 @@ def main() -> None:
             times[n].append(one_step(n))
     med = {n: statistics.median(t) for n, t in times.items()}
     if rank == 0:
-        print(json.dumps({
-            "preset": args.preset, "device": str(device), "world_size": dist.get_world_size() if dist.is_initialized()
-            else 1, "ns_dtype": str(ns_dtype).replace("torch.", ""), "matrices": len(shapes),
-            "banks": ["{}x{}  ({} per rank)".format(b["matrices"], "x".join(map(str, b["shape"])), b["per_rank"])
-                      for b in opts["parallel_muon"][1].bank_summary()], "steps": args.steps,
-            "muon_step_ms": round(med["muon"] * 1e3, 2), "parallel_muon_step_ms": round(med["parallel_muon"] * 1e3, 2),
-            "speedup": round(med["muon"] / med["parallel_muon"], 3),
-            "all_ms": {n: [round(x * 1e3, 1) for x in t] for n, t in times.items()},
-        }, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "device": str(device),
+                    "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                    "ns_dtype": str(ns_dtype).replace("torch.", ""),
+                    "matrices": len(shapes),
+                    "banks": [
+                        "{}x{}  ({} per rank)".format(b["matrices"], "x".join(map(str, b["shape"])), b["per_rank"])
+                        for b in opts["parallel_muon"][1].bank_summary()
+                    ],
+                    "steps": args.steps,
+                    "muon_step_ms": round(med["muon"] * 1e3, 2),
+                    "parallel_muon_step_ms": round(med["parallel_muon"] * 1e3, 2),
+                    "speedup": round(med["muon"] / med["parallel_muon"], 3),
+                    "all_ms": {n: [round(x * 1e3, 1) for x in t] for n, t in times.items()},
+                },
+                indent=1,
+                default=str,
+            )
+        )
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -6,6 +6,7 @@
 Runs real optimizer steps (forward, backward, Muon/Adam) on random tokens with the same
 autocast/compile choices as paramgolf-train, after `--warmup` untimed steps. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
 
-
     from paramgolf.config.compose import compose, to_container
-    from paramgolf.runner.build import (build_model, build_optimizer_for, count_params, prepare_for_device,
-                                        resolve_autocast, resolve_compile)
+    from paramgolf.runner.build import (
+        build_model,
+        build_optimizer_for,
+        count_params,
+        prepare_for_device,
+        resolve_autocast,
+        resolve_compile,
+    )
     from paramgolf.runner.distributed import DistEnv, pick_device
     from paramgolf.runner.train_loop import LoopSettings, Trainer
 
@@ -45,21 +51,40 @@ def main() -> None:
             x = torch.randint(0, vocab, (micro_tokens // seq_len, seq_len + 1))
             return x[:, :-1], x[:, 1:]
 
-    settings = LoopSettings(iterations=args.steps, batch_tokens=t["batch_tokens"], seq_len=seq,
-                            micro_batches=t["micro_batches"], warmup_steps=args.warmup,
-                            max_wallclock_seconds=None, val_every=0, log_every=1)
+    settings = LoopSettings(
+        iterations=args.steps,
+        batch_tokens=t["batch_tokens"],
+        seq_len=seq,
+        micro_batches=t["micro_batches"],
+        warmup_steps=args.warmup,
+        max_wallclock_seconds=None,
+        val_every=0,
+        log_every=1,
+    )
     trainer = Trainer(model, train_model, opt, RandomLoader, settings, DistEnv(0, 1, 0, device), autocast)
     t0 = time.perf_counter()
     trainer.warm_up()
     warm_s = time.perf_counter() - t0
     summary = trainer.train()
-    print(json.dumps({
-        "name": c["name"], "device": str(device), "params": count_params(model)["params"],
-        "batch_tokens": t["batch_tokens"], "seq_len": seq, "micro_batches": t["micro_batches"],
-        "autocast": str(autocast), "compile": compiled, "threads": torch.get_num_threads(),
-        "steps": summary.steps, "step_s": summary.train_time_s / summary.steps,
-        "tokens_per_s": summary.tokens_per_s, "warmup_s": warm_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "name": c["name"],
+                "device": str(device),
+                "params": count_params(model)["params"],
+                "batch_tokens": t["batch_tokens"],
+                "seq_len": seq,
+                "micro_batches": t["micro_batches"],
+                "autocast": str(autocast),
+                "compile": compiled,
+                "threads": torch.get_num_threads(),
+                "steps": summary.steps,
+                "step_s": summary.train_time_s / summary.steps,
+                "tokens_per_s": summary.tokens_per_s,
+                "warmup_s": warm_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

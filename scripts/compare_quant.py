@@ -7,6 +7,7 @@ the model bytes, per run and as a mean over the runs (e.g. three seeds).
 
     python scripts/compare_quant.py outputs/runs/*/ --quant int8_rtn int6_rtn int6_gptq_lite int6_gptq
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,24 @@ def main() -> int:
             out = run / "evals" / f"compare_{q}"
             reevaluate(run, [f"quant={q}", *args.override], out_dir=out)
             r = json.loads((out / "results.json").read_text())
-            rows[q].append({"run": str(run), "seed": source.get("seed"), "gap": r["round_trip_gap_bpb"],
-                            "val_bpb": r["val_bpb"], "model_bytes": r["model_bytes"],
-                            "calibration_s": r.get("calibration_time_s")})
-    table = {q: {"runs": rs, "mean_gap_bpb": statistics.fmean(x["gap"] for x in rs) if rs else None,
-                 "mean_model_bytes": statistics.fmean(x["model_bytes"] for x in rs) if rs else None}
-             for q, rs in rows.items()}
+            rows[q].append(
+                {
+                    "run": str(run),
+                    "seed": source.get("seed"),
+                    "gap": r["round_trip_gap_bpb"],
+                    "val_bpb": r["val_bpb"],
+                    "model_bytes": r["model_bytes"],
+                    "calibration_s": r.get("calibration_time_s"),
+                }
+            )
+    table = {
+        q: {
+            "runs": rs,
+            "mean_gap_bpb": statistics.fmean(x["gap"] for x in rs) if rs else None,
+            "mean_model_bytes": statistics.fmean(x["model_bytes"] for x in rs) if rs else None,
+        }
+        for q, rs in rows.items()
+    }
     print(json.dumps(table, indent=1))
     print(f"\n{'quant':<18}{'mean gap (bpb)':>16}{'mean model bytes':>18}   per run", file=sys.stderr)
     for q, t in table.items():

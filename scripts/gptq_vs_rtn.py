@@ -7,6 +7,7 @@ their output errors ‖X(W − Ŵ)ᵀ‖² measured on held-out batches.
 
     python scripts/gptq_vs_rtn.py --bits 6 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,10 @@ def main() -> None:
                 return float(torch.einsum("ri,ij,rj->", d, held[name].double(), d))
 
             ratios.append(err(q, s) / err(q0, scale))
-        print(f"int{bits}: held-out layer-output error GPTQ / rounding over {len(names)} matrices: "
-              f"mean {statistics.fmean(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}")
+        print(
+            f"int{bits}: held-out layer-output error GPTQ / rounding over {len(names)} matrices: "
+            f"mean {statistics.fmean(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ What makes it hold up on a loaded 2-core box:
 `fn(rank, world_size, *args)` must be a module-level function (spawn pickles it by name); what it returns
 comes back, per rank, via `torch.save` / `torch.load`.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -37,8 +38,15 @@ from typing import Any
 _CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-def _rank_main(fn: Callable[..., Any], rank: int, world_size: int, store_path: str, out_dir: str,
-               collective_timeout_s: float, args: Sequence[Any]) -> None:
+def _rank_main(
+    fn: Callable[..., Any],
+    rank: int,
+    world_size: int,
+    store_path: str,
+    out_dir: str,
+    collective_timeout_s: float,
+    args: Sequence[Any],
+) -> None:
     """Body of each spawned rank; exits 0 only when `fn` and the teardown both succeeded."""
     import torch
     import torch.distributed as dist
@@ -54,8 +62,9 @@ def _rank_main(fn: Callable[..., Any], rank: int, world_size: int, store_path: s
     try:
         preload_group_default_modules()  # else destroy_process_group leaves gloo's threads running
         store = dist.FileStore(store_path, world_size)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=collective_timeout_s))
+        dist.init_process_group(
+            "gloo", store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=collective_timeout_s)
+        )
         world = weakref.ref(dist.group.WORLD)
         result = fn(rank, world_size, *args)
         torch.save(result, out / f"result{rank}.pt")
@@ -65,8 +74,10 @@ def _rank_main(fn: Callable[..., Any], rank: int, world_size: int, store_path: s
     try:
         shutdown_distributed(barrier=ok)
         if ok and world() is not None:
-            raise AssertionError("the process group outlived destroy_process_group (something still holds it), "
-                                 "so gloo's threads and sockets stay up into interpreter exit")
+            raise AssertionError(
+                "the process group outlived destroy_process_group (something still holds it), "
+                "so gloo's threads and sockets stay up into interpreter exit"
+            )
     except BaseException:  # noqa: BLE001 - as above
         if ok:
             (out / f"error{rank}.txt").write_text("teardown failed:\n" + traceback.format_exc())
@@ -87,8 +98,14 @@ def _describe(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def run_gloo_workers(fn: Callable[..., Any], world_size: int = 2, args: Sequence[Any] = (), *,
-                     timeout_s: float = 300.0, collective_timeout_s: float = 180.0) -> list[Any]:
+def run_gloo_workers(
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    args: Sequence[Any] = (),
+    *,
+    timeout_s: float = 300.0,
+    collective_timeout_s: float = 180.0,
+) -> list[Any]:
     """Run `fn(rank, world_size, *args)` on `world_size` gloo ranks; returns their results, by rank.
 
     Raises AssertionError naming each failed rank (with its traceback, or the signal that killed it), or
@@ -103,8 +120,11 @@ def run_gloo_workers(fn: Callable[..., Any], world_size: int = 2, args: Sequence
         procs = []
         try:
             for rank in range(world_size):
-                p = ctx.Process(target=_rank_main, name=f"gloo-rank{rank}",
-                                args=(fn, rank, world_size, store_path, tmp, collective_timeout_s, tuple(args)))
+                p = ctx.Process(
+                    target=_rank_main,
+                    name=f"gloo-rank{rank}",
+                    args=(fn, rank, world_size, store_path, tmp, collective_timeout_s, tuple(args)),
+                )
                 p.start()
                 procs.append(p)
         finally:
@@ -148,4 +168,5 @@ def run_gloo_workers(fn: Callable[..., Any], world_size: int = 2, args: Sequence
             raise AssertionError("\n".join(lines))
 
         import torch
+
         return [torch.load(out / f"result{rank}.pt", weights_only=False) for rank in range(world_size)]

@@ -1,4 +1,5 @@
 """`paramgolf-data`: build, inspect and download challenge-format datasets."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-docs", type=int, required=True, help="the first K documents form the validation split")
     b.add_argument("--tokenizer", default=None, help="reuse this SentencePiece model instead of training one")
     b.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
-    b.add_argument("--tokenizer-train-docs", type=int, default=None, help="train the tokenizer on at most this many documents")
+    b.add_argument(
+        "--tokenizer-train-docs", type=int, default=None, help="train the tokenizer on at most this many documents"
+    )
 
     i = sub.add_parser("inspect", help="print token/byte statistics of one shard as JSON")
     i.add_argument("shard")

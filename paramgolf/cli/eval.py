@@ -3,6 +3,7 @@
 Overrides of the `quant` group (e.g. `quant=int8_zstd`) re-quantize the run's kept
 full-precision weights first; `eval=sliding` etc. change the evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,20 +14,26 @@ from paramgolf.config.compose import setup
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="paramgolf-eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="paramgolf-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by paramgolf-train")
-    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
-                   help="Hydra overrides of eval, quant, ttt, eval_cache, data, budget_bytes, "
-                        "train.device, train.autocast; e.g. eval=sliding quant=int8_zstd")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="Hydra overrides of eval, quant, ttt, eval_cache, data, budget_bytes, "
+        "train.device, train.autocast; e.g. eval=sliding quant=int8_zstd",
+    )
     p.add_argument("--out", type=Path, default=None, help="where to write results.json (default RUN_DIR/evals/<time>)")
     args = p.parse_args(argv)
     setup()
-    from paramgolf.runner.reevaluate import reevaluate
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from paramgolf.errors import UserError
+    from paramgolf.runner.reevaluate import reevaluate
+
     try:
         code = reevaluate(args.run_dir, args.overrides, args.out)
     except (FileNotFoundError, UserError, HydraException, OmegaConfBaseException) as exc:  # anything else is a bug

@@ -1,4 +1,5 @@
 """`paramgolf-train [overrides]`: compose the config, check it, then run the pipeline (see README)."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ def _main(cfg: DictConfig) -> int:
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
     if under_torchrun() and multirun:
-        _fail("-m/--multirun under torchrun would run one sweep per rank; "
-              "sweep with `paramgolf-train -m ... train.nproc_per_node=N` instead")
+        _fail(
+            "-m/--multirun under torchrun would run one sweep per rank; "
+            "sweep with `paramgolf-train -m ... train.nproc_per_node=N` instead"
+        )
     try:
         check_known_keys(cfg)
         c = to_container(cfg)

@@ -1,11 +1,13 @@
 """Composing, resolving and checking the Hydra config outside and inside `@hydra.main`."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -40,7 +42,8 @@ def setup() -> None:
 
 def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides (no run dir, no job)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     setup()
@@ -49,8 +52,6 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
         cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     check_known_keys(cfg)
     return cfg
-
-
 
 
 def _known_fields(node: DictConfig) -> set[str] | None:
@@ -71,13 +72,15 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     if known is None and path:  # untyped mapping below the root: every key is unknown
         raise UserError(
             f"config key '{path}' is not described by any schema (was it added with '+' or a YAML "
-            f"without a schema in its defaults list?). Remove it or add a schema in paramgolf/config/schema.py.")
+            f"without a schema in its defaults list?). Remove it or add a schema in paramgolf/config/schema.py."
+        )
     for key in cfg.keys():
         full = f"{path}.{key}" if path else str(key)
         if known is not None and key not in known and path != "hydra":
             raise UserError(
                 f"unknown config key '{full}' (not in schema {OmegaConf.get_type(cfg).__name__}); "
-                f"check the spelling. Known keys: {sorted(k for k in known if k not in HYDRA_META_KEYS)}")
+                f"check the spelling. Known keys: {sorted(k for k in known if k not in HYDRA_META_KEYS)}"
+            )
         if full == "hydra":
             continue
         child = cfg._get_node(key)
@@ -87,5 +90,9 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain, resolved dict (enums as their names): what components and results.json receive."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True,  # type: ignore[return-value]
-                                  enum_to_str=True)
+    return OmegaConf.to_container(
+        cfg,
+        resolve=True,
+        throw_on_missing=True,  # type: ignore[return-value]
+        enum_to_str=True,
+    )

@@ -3,6 +3,7 @@
 The listing is read from the schemas (which come from the components' signatures), so it is
 what Hydra checks: e.g. `paramgolf-config arch/attention optimizer` before writing an override.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,9 @@ def _param_docs(target: Any) -> dict[str, str]:
     docs: dict[str, str] = {}
     for obj in (target, getattr(target, "__init__", None)):
         for m in re.finditer(r"`(\w+)`( [\w.]{1,12})?: ([^`;\n]+)", inspect.getdoc(obj) or ""):
-            docs.setdefault(m.group(1), ((m.group(2) or "").strip() + ": " if m.group(2) else "") +
-                            m.group(3).strip().rstrip(".,"))
+            docs.setdefault(
+                m.group(1), ((m.group(2) or "").strip() + ": " if m.group(2) else "") + m.group(3).strip().rstrip(".,")
+            )
     return docs
 
 
@@ -56,6 +58,7 @@ def _target_of(schema: type) -> Any:
     if "_target_" not in names:
         return None
     from hydra.utils import get_object
+
     return get_object(names["_target_"].default)
 
 
@@ -92,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     unknown = [g for g in argv if g not in SCHEMAS]
     if unknown:
-        print(f"paramgolf-config: error: unknown group {unknown[0]!r}; groups: {', '.join(g for g in SCHEMAS if g)}",
-              file=sys.stderr)
+        print(
+            f"paramgolf-config: error: unknown group {unknown[0]!r}; groups: {', '.join(g for g in SCHEMAS if g)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     for group in argv or list(SCHEMAS):
         opts = options_of(group)

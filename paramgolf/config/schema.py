@@ -9,15 +9,17 @@ are dataclasses here. Each YAML under conf/ names its schema first in its defaul
 
 `python -m paramgolf.config.describe [GROUP]` prints every field with its type, default and doc.
 """
+
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from hydra_zen import BuildsFn
@@ -72,7 +74,9 @@ class _Builds(BuildsFn):
         """Literal["a", "b"] as an Enum OmegaConf checks at compose time (components still get the string)."""
         if values not in cls._choices:
             name = "Choice_" + "_".join(values)
-            cls._choices[values] = globals()[name] = Enum(name, {v: v for v in values}, module=__name__, qualname=name, type=str)
+            cls._choices[values] = globals()[name] = Enum(
+                name, {v: v for v in values}, module=__name__, qualname=name, type=str
+            )
         return cls._choices[values]
 
     @staticmethod
@@ -89,8 +93,9 @@ def component(target: Any, *, partial: bool = False, runtime: Sequence[str] = ()
     `partial`: the runner completes the call (`_partial_: true`); `runtime`: arguments the runner
     (or the enclosing module) passes, left out of the config; `defaults`: nested component defaults.
     """
-    return _Builds.builds(target, populate_full_signature=True, zen_partial=partial or None,
-                          zen_exclude=tuple(runtime), **defaults)
+    return _Builds.builds(
+        target, populate_full_signature=True, zen_partial=partial or None, zen_exclude=tuple(runtime), **defaults
+    )
 
 
 def with_fields(base: type, **typed: tuple[Any, Any]) -> type:
@@ -105,7 +110,9 @@ def fields_of(dc: type, name: str) -> type:
     for f in dataclasses.fields(dc):
         default = f.default if f.default is not dataclasses.MISSING else MISSING
         if isinstance(default, tuple):
-            specs.append((f.name, _Builds._sanitized_type(hints[f.name]), field(default_factory=lambda d=default: list(d))))
+            specs.append(
+                (f.name, _Builds._sanitized_type(hints[f.name]), field(default_factory=lambda d=default: list(d)))
+            )
         else:
             specs.append((f.name, _Builds._sanitized_type(hints[f.name]), field(default=default)))
     return dataclasses.make_dataclass(name, specs)
@@ -123,18 +130,23 @@ GPTConfig = component(GPT)
 
 # ---------------------------------------------------------------- optimizer (paramgolf.optim)
 ParamRuleConfig = fields_of(ParamRule, "ParamRuleConfig")
-MuonAdamConfig = with_fields(component(build_optimizer, partial=True, runtime=("param_uses", "param_roles", "muon")),
-                             rules=(list[ParamRuleConfig], field(default_factory=list)),
-                             muon=(Any, field(default=MISSING)))  # group optimizer/muon
+MuonAdamConfig = with_fields(
+    component(build_optimizer, partial=True, runtime=("param_uses", "param_roles", "muon")),
+    rules=(list[ParamRuleConfig], field(default_factory=list)),
+    muon=(Any, field(default=MISSING)),
+)  # group optimizer/muon
 _MUON_RUNTIME = ("params", "lr", "momentum", "backend_steps", "nesterov", "weight_decay", "ns_dtype")  # from the rules
 PerMatrixMuonConfig = component(Muon, partial=True, runtime=_MUON_RUNTIME)
 ParallelMuonConfig = component(ParallelMuon, partial=True, runtime=_MUON_RUNTIME)
 
 # ---------------------------------------------------------------- quant (paramgolf.quant)
 QuantRuleConfig = fields_of(QuantRule, "QuantRuleConfig")
-MixedQuantizerConfig = with_fields(component(MixedQuantizer), table=(list[QuantRuleConfig], field(default_factory=list)))
+MixedQuantizerConfig = with_fields(
+    component(MixedQuantizer), table=(list[QuantRuleConfig], field(default_factory=list))
+)
 ZlibConfig, ZstdConfig, LzmaConfig, SevenZipConfig, BrotliConfig = (
-    component(c) for c in (Zlib, Zstd, Lzma, SevenZip, Brotli))
+    component(c) for c in (Zlib, Zstd, Lzma, SevenZip, Brotli)
+)
 CalibrationConfig = component(Calibration)
 
 
@@ -244,15 +256,24 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "optimizer/muon": [("per_matrix_schema", PerMatrixMuonConfig), ("parallel_schema", ParallelMuonConfig)],
     "quant": [("quant_schema", QuantConfig)],
     "quant/quantizer": [("mixed_schema", MixedQuantizerConfig)],
-    "quant/codec": [("zlib_schema", ZlibConfig), ("zstd_schema", ZstdConfig), ("lzma_schema", LzmaConfig),
-                    ("sevenzip_schema", SevenZipConfig), ("brotli_schema", BrotliConfig)],
+    "quant/codec": [
+        ("zlib_schema", ZlibConfig),
+        ("zstd_schema", ZstdConfig),
+        ("lzma_schema", LzmaConfig),
+        ("sevenzip_schema", SevenZipConfig),
+        ("brotli_schema", BrotliConfig),
+    ],
     "ttt": [("none_schema", NoTTTConfig)],
     "eval_cache": [("none_schema", NoEvalCacheConfig)],
     "eval": [("non_overlapping_schema", NonOverlappingEvalConfig), ("sliding_schema", SlidingEvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
     "train": [("train_schema", TrainConfig)],
-    "train/averaging": [("none_schema", NoAveragingConfig), ("ema_schema", EMAConfig), ("swa_schema", SWAConfig),
-                        ("ema_swa_schema", EMASWAConfig)],
+    "train/averaging": [
+        ("none_schema", NoAveragingConfig),
+        ("ema_schema", EMAConfig),
+        ("swa_schema", SWAConfig),
+        ("ema_swa_schema", EMASWAConfig),
+    ],
     "train/schedule": [("warmdown_schema", WarmdownScheduleConfig), ("cosine_schema", CosineScheduleConfig)],
     "logger": [("none_schema", NullLoggerConfig), ("wandb_schema", WandbLoggerConfig)],
 }

@@ -4,13 +4,14 @@ Layout follows the official export: the first K documents are the validation spl
 the rest the training split; every document is written as [BOS] + encode(text) with
 no EOS, and each split is cut into shards of at most ``shard_tokens`` tokens.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm

@@ -9,6 +9,7 @@ byte-fallback token, 0 for control/unknown/unused tokens) and is_boundary marks
 control/unknown/unused tokens (e.g. BOS), after which a leading "▁" is not counted.
 This matches build_sentencepiece_luts and eval_val in the challenge's train_gpt.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class ByteTable:
     def size(self) -> int:
         return int(self.base_bytes.numel())
 
-    def to(self, device: torch.device | str) -> "ByteTable":
+    def to(self, device: torch.device | str) -> ByteTable:
         return ByteTable(
             self.base_bytes.to(device),
             self.has_leading_space.to(device),

@@ -1,4 +1,5 @@
 """Data sources the runner consumes: each resolves to a DatasetInfo (files + tokenizer)."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from paramgolf.data.build import TOKENIZER_FILENAME
 from paramgolf.data.loader import load_validation_tokens
 from paramgolf.data.shards import ShardError, list_shards, recorded_max_token_id
 from paramgolf.data.synthetic import INFO_FILENAME, SyntheticSpec, build_synthetic_dataset
-from paramgolf.data.build import TOKENIZER_FILENAME
 from paramgolf.data.tokenizer import load_tokenizer
 from paramgolf.errors import UserError
 
@@ -57,7 +58,9 @@ class FineWebData:
     def resolve(self) -> DatasetInfo:
         data_dir = Path(self.data_dir).expanduser()
         tok_path = Path(self.tokenizer_path).expanduser()
-        hint = "run `paramgolf-data download --variant sp1024` (or point data.data_dir / data.tokenizer_path at your copy)"
+        hint = (
+            "run `paramgolf-data download --variant sp1024` (or point data.data_dir / data.tokenizer_path at your copy)"
+        )
         if not data_dir.is_dir():
             raise UserError(f"FineWeb data directory not found: {data_dir.resolve()}; {hint}")
         if not tok_path.is_file():
@@ -187,8 +190,9 @@ def check_vocab(info: DatasetInfo, vocab_size: int) -> None:
                 raise UserError(problem)
 
 
-def check_token_ids(info: DatasetInfo, tokens: torch.Tensor | np.ndarray, vocab_size: int,
-                    what: str = "the validation split") -> None:
+def check_token_ids(
+    info: DatasetInfo, tokens: torch.Tensor | np.ndarray, vocab_size: int, what: str = "the validation split"
+) -> None:
     """Refuse loaded ``tokens`` holding an id that ``vocab_size`` or the tokenizer lacks.
 
     Meant for tokens the caller has in memory anyway (the validation split), so the

@@ -12,6 +12,7 @@ so an interrupted run never leaves a truncated file under its final name. Like t
 official script, local files are hard links to the cache blobs where the disk allows
 (no second copy of 20 GB); do not edit them in place.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,9 +116,7 @@ def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool,
     if train_shards < 0:
         raise UserError(f"--train-shards must be >= 0, got {train_shards}")
     if train_shards > files_train:
-        raise UserError(
-            f"--train-shards={train_shards} but {name} on {repo_id} has only {files_train} training shards"
-        )
+        raise UserError(f"--train-shards={train_shards} but {name} on {repo_id} has only {files_train} training shards")
     tok_name = entry.get("tokenizer_name")
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
     if tok is None:

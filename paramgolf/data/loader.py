@@ -6,10 +6,11 @@ sequence of tokens that wraps around to the first shard at the end. Each call to
 stream and hands span ``rank`` to this process, so a step made of M micro-batches covers
 the same M spans whatever the number of processes that share it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -87,7 +88,8 @@ class DistributedTokenLoader:
         """
         # micro_batch_plan checked train.batch_tokens/micro_batches/seq_len up front.
         assert seq_len > 0 and micro_tokens > 0 and micro_tokens % seq_len == 0, (
-            f"micro_tokens={micro_tokens} must be a positive multiple of seq_len={seq_len}")
+            f"micro_tokens={micro_tokens} must be a positive multiple of seq_len={seq_len}"
+        )
         span = micro_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))

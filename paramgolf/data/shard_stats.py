@@ -1,4 +1,5 @@
 """Statistics of one shard under a tokenizer, with the val_bpb byte accounting."""
+
 from __future__ import annotations
 
 from pathlib import Path

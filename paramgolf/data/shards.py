@@ -10,10 +10,11 @@ slot 3 holds the tag ``MAX_ID_TAG`` and slot 4 the id (-1 for an empty shard). A
 vocabulary check then reads 1 KiB per shard instead of the whole file; a shard without
 the tag (a downloaded one) records nothing, and its tokenizer bounds its ids.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -68,9 +69,7 @@ def _read_header(path: str | Path) -> tuple[int, np.ndarray]:
         raise ShardError(f"{path}: shard file not found")
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise ShardError(
-            f"{path}: file is {size} bytes, shorter than the {HEADER_BYTES}-byte shard header"
-        )
+        raise ShardError(f"{path}: file is {size} bytes, shorter than the {HEADER_BYTES}-byte shard header")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     if int(header[0]) != SHARD_MAGIC:
         raise ShardError(f"{path}: wrong magic number: expected {SHARD_MAGIC}, found {int(header[0])}")
@@ -82,8 +81,7 @@ def _read_header(path: str | Path) -> tuple[int, np.ndarray]:
     expected = HEADER_BYTES + TOKEN_BYTES * count
     if size != expected:
         raise ShardError(
-            f"{path}: file size mismatch: header says {count} tokens, so expected "
-            f"{expected} bytes, found {size} bytes"
+            f"{path}: file size mismatch: header says {count} tokens, so expected {expected} bytes, found {size} bytes"
         )
     return count, header
 

@@ -24,6 +24,7 @@ choice of every document, including each first word and the end-of-document deci
 that the next BOS reveals (0 bytes), except the last document's end, which no token
 scores. The denominator is the stream's scored byte count from the ByteTable.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,40 @@ from paramgolf.fsio import publish
 GENERATOR_VERSION = 1
 INFO_FILENAME = "synthetic.json"
 
-_ONSETS = ["", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w",
-           "z", "br", "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sh", "sl", "st", "th", "tr"]
+_ONSETS = [
+    "",
+    "b",
+    "c",
+    "d",
+    "f",
+    "g",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "z",
+    "br",
+    "ch",
+    "cl",
+    "dr",
+    "fl",
+    "gr",
+    "pl",
+    "pr",
+    "sh",
+    "sl",
+    "st",
+    "th",
+    "tr",
+]
 _NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "oo", "y"]
 _CODAS = ["", "", "", "", "n", "r", "s", "t", "l", "m", "nd", "st"]
 _SYLLABLE_COUNT_PROBS = [0.3, 0.45, 0.25]  # 1, 2 or 3 syllables
@@ -116,7 +149,7 @@ class SyntheticLanguage:
         self.index = {w: i for i, w in enumerate(self.words)}
         n = spec.lexicon_size
         ranks = np.arange(1, n + 1, dtype=np.float64)
-        self.unigram = ranks ** -spec.zipf_exponent
+        self.unigram = ranks**-spec.zipf_exponent
         self.unigram /= self.unigram.sum()
         k = spec.num_successors
         self.successors = np.stack([rng.choice(n, size=k, replace=False) for _ in range(n)])
@@ -266,7 +299,9 @@ def _make_lexicon(size: int, rng: np.random.Generator) -> list[str]:
             raise UserError(f"synthetic data: cannot make {size} distinct words; lower lexicon_size")
         n_syl = 1 + int(rng.choice(len(_SYLLABLE_COUNT_PROBS), p=_SYLLABLE_COUNT_PROBS))
         word = "".join(
-            _ONSETS[rng.integers(len(_ONSETS))] + _NUCLEI[rng.integers(len(_NUCLEI))] + _CODAS[rng.integers(len(_CODAS))]
+            _ONSETS[rng.integers(len(_ONSETS))]
+            + _NUCLEI[rng.integers(len(_NUCLEI))]
+            + _CODAS[rng.integers(len(_CODAS))]
             for _ in range(n_syl)
         )
         words.add(word)

@@ -1,10 +1,11 @@
 """SentencePiece tokenizers: loading, hashing and training with the challenge's settings."""
+
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
@@ -41,8 +42,7 @@ def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
-            f"tokenizer model not found: {path} "
-            "(run `paramgolf-data download --variant sp1024` or pass the right path)"
+            f"tokenizer model not found: {path} (run `paramgolf-data download --variant sp1024` or pass the right path)"
         )
     sp = spm.SentencePieceProcessor()
     try:

@@ -4,6 +4,7 @@ val_loss is the mean next-token cross-entropy in nats; val_bpb rescales it to bi
 UTF-8 byte of the text, so that tokenizers with different vocabularies compare fairly:
 val_bpb = (sum of nll / ln 2) / (number of bytes the scored tokens decode to).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ from paramgolf.errors import UserError
 class ByteCounter(Protocol):
     """What evaluation needs from a tokenizer byte table (`paramgolf.data.byte_table.ByteTable`)."""
 
-    def to(self, device: torch.device) -> "ByteCounter": ...
+    def to(self, device: torch.device) -> ByteCounter: ...
 
     def count(self, prev_ids: Tensor, tgt_ids: Tensor) -> Tensor: ...
 
@@ -67,7 +68,8 @@ def as_token_tensor(val_tokens: Tensor) -> Tensor:
     """Validation tokens as a 1-D int64 CPU tensor (shards may be stored as uint16)."""
     assert val_tokens.dim() == 1, f"val_tokens must be a 1-D tensor of token ids, got shape {tuple(val_tokens.shape)}"
     assert not (val_tokens.dtype.is_floating_point or val_tokens.dtype.is_complex or val_tokens.dtype == torch.bool), (
-        f"val_tokens must hold integer token ids, got dtype {val_tokens.dtype}")
+        f"val_tokens must hold integer token ids, got dtype {val_tokens.dtype}"
+    )
     return val_tokens.detach().to(device="cpu", dtype=torch.int64)
 
 
@@ -138,9 +140,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled, leave=False)
 
 
-def finish(
-    sums: Tensor, *, method: str, seq_len: int, stride: int | None, started: float
-) -> EvalResult:
+def finish(sums: Tensor, *, method: str, seq_len: int, stride: int | None, started: float) -> EvalResult:
     """Turn all-reduced [nll sum, tokens, bytes] into an EvalResult."""
     nll_sum, num_tokens, num_bytes = all_reduce_sums(sums).tolist()
     if num_tokens <= 0:

@@ -3,15 +3,24 @@
 Each evaluation component (the window method, TTT, the eval cache) declares which rules it
 keeps; the verdict also checks the single-pass rule against the number of tokens scored.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 RULES = ("causality", "normalization", "score_before_update", "single_pass")
 
 
-def assess(evaluator: Any, ttt: Any, eval_cache: Any, *, num_scored: int,
-           num_expected: int, weights_selected_on_validation: bool = False) -> dict[str, Any]:
+def assess(
+    evaluator: Any,
+    ttt: Any,
+    eval_cache: Any,
+    *,
+    num_scored: int,
+    num_expected: int,
+    weights_selected_on_validation: bool = False,
+) -> dict[str, Any]:
     """Verdict per rule plus `compliant` and human-readable `violations`.
 
     `evaluator` (the `eval` group), `ttt` and `eval_cache` are the instantiated components; each
@@ -37,8 +46,10 @@ def assess(evaluator: Any, ttt: Any, eval_cache: Any, *, num_scored: int,
                 violations.append(f"{group}={method} breaks {rule}")
     if weights_selected_on_validation:
         verdict["causality"] = False
-        violations.append("train.averaging.select=best_on_validation chose the weights by their validation "
-                          "score (selection on the test set)")
+        violations.append(
+            "train.averaging.select=best_on_validation chose the weights by their validation "
+            "score (selection on the test set)"
+        )
     if num_scored != num_expected:
         verdict["single_pass"] = False
         violations.append(f"scored {num_scored} tokens, a single pass scores {num_expected}")

@@ -3,6 +3,7 @@
 `none` scores the model's own softmax. Caches (later issues) mix another distribution into
 it and declare which legality rules they keep.
 """
+
 from __future__ import annotations
 
 from paramgolf.evaluation.compliance import RULES

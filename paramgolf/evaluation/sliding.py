@@ -5,6 +5,7 @@ targets and each later one only its last `stride` (the earlier ones were scored 
 context by the window before). A final window ends exactly at the last token, so no tail is
 dropped. Smaller strides give more context per token and cost seq_len/stride more compute.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,6 +26,7 @@ from paramgolf.evaluation.bpb import (
     progress_bar,
     score_batch,
 )
+
 
 class Window(NamedTuple):
     """tokens[start:end] is one forward pass (inputs [:-1], targets [1:]); targets tokens[score_from:end] are scored."""

@@ -4,6 +4,7 @@
 unchanged. Score-first TTT and per-document LoRA TTT (later issues) adapt the model and
 declare which legality rules they keep.
 """
+
 from __future__ import annotations
 
 from paramgolf.evaluation.compliance import RULES

@@ -4,7 +4,10 @@
 scores every token once with up to seq_len of context. Each knows which tokens it reads, how
 many targets a single pass scores, and runs itself over the ranks of a process group.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +24,9 @@ class NonOverlapping:
     name = "non_overlapping"
     stride: int | None = None
 
-    def __init__(self, seq_len: int | None = None, batch_tokens: int = 524_288, pre_quant: bool = True,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, seq_len: int | None = None, batch_tokens: int = 524_288, pre_quant: bool = True, progress: bool = True
+    ) -> None:
         """`seq_len` None: train.seq_len; `batch_tokens`: tokens per forward batch over all ranks (official
         VAL_BATCH_SIZE); `pre_quant`: also score the averaged weights before quantization."""
         if seq_len is not None and seq_len < 1:
@@ -43,23 +47,50 @@ class NonOverlapping:
         """The part of the split this method reads: a multiple of seq_len targets plus one."""
         usable = ((split.numel() - 1) // self.seq_len) * self.seq_len
         if usable <= 0:
-            raise UserError(f"the validation split ({split.numel()} tokens) is shorter than one sequence of "
-                             f"eval.seq_len={self.seq_len}")
-        return split[:usable + 1]
+            raise UserError(
+                f"the validation split ({split.numel()} tokens) is shorter than one sequence of "
+                f"eval.seq_len={self.seq_len}"
+            )
+        return split[: usable + 1]
 
     def expected_scored(self, num_split_tokens: int) -> int:
         """Targets a single pass over the split scores."""
         return ((num_split_tokens - 1) // self.seq_len) * self.seq_len
 
+    _evaluate = staticmethod(evaluate_non_overlapping)
+
+    def _windows(self) -> dict[str, Any]:
+        return {}
+
     def batch_seqs(self, world_size: int) -> int:
         return max(1, self.batch_tokens // (world_size * self.seq_len))
 
-    def __call__(self, model: nn.Module, tokens: Tensor, byte_table: ByteCounter, *, device: torch.device,
-                 rank: int = 0, world_size: int = 1, autocast_dtype: torch.dtype | None = None,
-                 progress: bool = False) -> EvalResult:
-        return evaluate_non_overlapping(model, tokens, byte_table, seq_len=self.seq_len,
-                                        batch_seqs=self.batch_seqs(world_size), device=device, rank=rank,
-                                        world_size=world_size, autocast_dtype=autocast_dtype, progress=progress)
+    def __call__(
+        self,
+        model: nn.Module,
+        tokens: Tensor,
+        byte_table: ByteCounter,
+        *,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = False,
+    ) -> EvalResult:
+        """Score `tokens` (from `scored_tokens`) over the ranks of the process group."""
+        return self._evaluate(
+            model,
+            tokens,
+            byte_table,
+            seq_len=self.seq_len,
+            **self._windows(),
+            batch_seqs=self.batch_seqs(world_size),
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
 
 
 class Sliding(NonOverlapping):
@@ -67,8 +98,14 @@ class Sliding(NonOverlapping):
 
     name = "sliding"
 
-    def __init__(self, stride: int = 64, seq_len: int | None = None, batch_tokens: int = 524_288,
-                 pre_quant: bool = True, progress: bool = True) -> None:
+    def __init__(
+        self,
+        stride: int = 64,
+        seq_len: int | None = None,
+        batch_tokens: int = 524_288,
+        pre_quant: bool = True,
+        progress: bool = True,
+    ) -> None:
         super().__init__(seq_len=seq_len, batch_tokens=batch_tokens, pre_quant=pre_quant, progress=progress)
         if stride < 1:
             raise UserError(f"eval.stride={stride} must be ≥ 1")
@@ -77,8 +114,7 @@ class Sliding(NonOverlapping):
     def bind(self, train_seq_len: int) -> None:
         super().bind(train_seq_len)
         if self.stride > self.seq_len:
-            raise UserError(f"eval.stride={self.stride} must be between 1 and the evaluation seq_len "
-                             f"({self.seq_len})")
+            raise UserError(f"eval.stride={self.stride} must be between 1 and the evaluation seq_len ({self.seq_len})")
 
     def scored_tokens(self, split: Tensor) -> Tensor:
         return split
@@ -86,9 +122,7 @@ class Sliding(NonOverlapping):
     def expected_scored(self, num_split_tokens: int) -> int:
         return num_split_tokens - 1
 
-    def __call__(self, model: nn.Module, tokens: Tensor, byte_table: ByteCounter, *, device: torch.device,
-                 rank: int = 0, world_size: int = 1, autocast_dtype: torch.dtype | None = None,
-                 progress: bool = False) -> EvalResult:
-        return evaluate_sliding(model, tokens, byte_table, seq_len=self.seq_len, stride=self.stride,
-                                batch_seqs=self.batch_seqs(world_size), device=device, rank=rank,
-                                world_size=world_size, autocast_dtype=autocast_dtype, progress=progress)
+    def _windows(self) -> dict[str, Any]:
+        return {"stride": self.stride}
+
+    _evaluate = staticmethod(evaluate_sliding)

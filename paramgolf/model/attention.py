@@ -1,4 +1,5 @@
 """Causal self-attention with grouped-query KV heads (official baseline)."""
+
 from __future__ import annotations
 
 import torch
@@ -23,16 +24,22 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = Non
     both compute the same function (tests compare SDPA with the explicit formula).
     """
     if use_fa3 is None:
-        use_fa3 = _fa3_func is not None and q.is_cuda and (
-            q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda"))
+        use_fa3 = (
+            _fa3_func is not None
+            and q.is_cuda
+            and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda"))
+        )
     if use_fa3:
         # FA3 takes half precision only; under autocast q/k come out of the fp32 RMSNorm.
         half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.get_autocast_dtype("cuda")
         out = _fa3_func(q.to(half), k.to(half), v.to(half), causal=True)
         return out[0] if isinstance(out, tuple) else out
     y = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        is_causal=True, enable_gqa=k.size(2) != q.size(2),
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=True,
+        enable_gqa=k.size(2) != q.size(2),
     )
     return y.transpose(1, 2)
 
@@ -46,19 +53,32 @@ class CausalSelfAttention(nn.Module):
     (`gated`, PRs #754/#1185) and the value residual (`value_residual`, PRs #754/#1185).
     """
 
-    def __init__(self, dim: int, layer: int = 0, num_layers: int = 1, num_heads: int = 8, num_kv_heads: int = 4,
-                 rope_base: float = 10000.0, qk_gain_init: float = 1.5, rope_dims: int | None = None,
-                 rope_train_seq_len: int | None = None, xsa_layers: list[int] | None = None, xsa_last_n: int = 0,
-                 gated: bool = False, value_residual: bool = False, gate_bias_init: float = 4.0,
-                 value_residual_first_init: float = 0.5, value_residual_self_init: float = 0.5):
+    def __init__(
+        self,
+        dim: int,
+        layer: int = 0,
+        num_layers: int = 1,
+        num_heads: int = 8,
+        num_kv_heads: int = 4,
+        rope_base: float = 10000.0,
+        qk_gain_init: float = 1.5,
+        rope_dims: int | None = None,
+        rope_train_seq_len: int | None = None,
+        xsa_layers: list[int] | None = None,
+        xsa_last_n: int = 0,
+        gated: bool = False,
+        value_residual: bool = False,
+        gate_bias_init: float = 4.0,
+        value_residual_first_init: float = 0.5,
+        value_residual_self_init: float = 0.5,
+    ):
         """`gate_bias_init`: the gated-attention gate's bias at init (sigmoid(4) ≈ 0.982, nearly open);
         `value_residual_first_init` / `_self_init`: the value residual's λ0 (first layer's values) / λ1 (own)."""
         super().__init__()
         if dim % num_heads:
             raise UserError(f"arch.model_dim={dim} must be divisible by arch.attention.num_heads={num_heads}")
         if num_heads % num_kv_heads:
-            raise UserError(
-                f"arch.attention.num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+            raise UserError(f"arch.attention.num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
         xsa = set(xsa_layers or []) | set(range(max(0, num_layers - xsa_last_n), num_layers))
         if any(not 0 <= i < num_layers for i in xsa):
             raise UserError(f"arch.attention.xsa_layers={sorted(xsa)}: layers must be in 0..{num_layers - 1}")
@@ -73,8 +93,11 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = control_parameter(torch.full((num_heads,), float(qk_gain_init)))
         self.rotary = Rotary(self.head_dim, base=rope_base, rope_dims=rope_dims, train_seq_len=rope_train_seq_len)
         self.attn_gate = HeadGate(dim, num_heads, bias_init=gate_bias_init) if gated else None
-        self.value_residual = (ValueResidual(first_init=value_residual_first_init, self_init=value_residual_self_init)
-                               if value_residual else None)
+        self.value_residual = (
+            ValueResidual(first_init=value_residual_first_init, self_init=value_residual_self_init)
+            if value_residual
+            else None
+        )
 
     def forward(self, x: Tensor, v_extra: Tensor | None = None, state: dict | None = None) -> Tensor:
         """x: normalised block input; v_extra: added to the values (VE); state: shared across layers."""

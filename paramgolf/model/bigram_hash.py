@@ -3,6 +3,7 @@
 From the 2026-03-20 records and PRs #537/#620/#754/#1185/#1263 (hash constants and the reserved
 position-0 bucket as in the 2026-03-23 record).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,15 @@ def bigram_buckets(idx: Tensor, buckets: int) -> Tensor:
 class BigramHash(nn.Module):
     """scale · proj(embed[bucket(t_{j−1}, t_j)]): embed (buckets × dim, zero init) → model width."""
 
-    def __init__(self, vocab_size: int, model_dim: int, buckets: int = 2048, dim: int = 128,
-                 scale_init: float = 0.05, init_std: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        model_dim: int,
+        buckets: int = 2048,
+        dim: int = 128,
+        scale_init: float = 0.05,
+        init_std: float = 0.0,
+    ):
         """`scale_init`: the output scale at init; `init_std`: the table's N(0, std) init (0: zeros, a no-op at start)."""
         super().__init__()
         if buckets < 2:

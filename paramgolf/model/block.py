@@ -1,4 +1,5 @@
 """One transformer block: attention and MLP branches on a residual stream."""
+
 from __future__ import annotations
 
 import torch
@@ -15,9 +16,18 @@ class Block(nn.Module):
     PRs #537/#754/#1185/#1263) or the branch outputs ("output", PR #620); 1.0 leaves the block plain.
     """
 
-    def __init__(self, dim: int, attn: nn.Module | None, mlp: nn.Module | None, depth_scale: float = 1.0,
-                 scale_where: str = "input", attn_scale_init: float = 1.0, mlp_scale_init: float = 1.0,
-                 resid_mix_init: float = 1.0, resid_mix_x0_init: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        attn: nn.Module | None,
+        mlp: nn.Module | None,
+        depth_scale: float = 1.0,
+        scale_where: str = "input",
+        attn_scale_init: float = 1.0,
+        mlp_scale_init: float = 1.0,
+        resid_mix_init: float = 1.0,
+        resid_mix_x0_init: float = 0.0,
+    ):
         """`attn_scale_init` / `mlp_scale_init`: the per-channel branch scales at init; `resid_mix_init` /
         `resid_mix_x0_init`: the mix's weights m0 on the stream and m1 on x0 at init."""
         super().__init__()
@@ -30,11 +40,18 @@ class Block(nn.Module):
         self.mlp = mlp
         self.attn_scale = control_parameter(torch.full((dim,), float(attn_scale_init)))
         self.mlp_scale = control_parameter(torch.full((dim,), float(mlp_scale_init)))
-        self.resid_mix = control_parameter(torch.stack((torch.full((dim,), float(resid_mix_init)),
-                                                        torch.full((dim,), float(resid_mix_x0_init)))))
+        self.resid_mix = control_parameter(
+            torch.stack((torch.full((dim,), float(resid_mix_init)), torch.full((dim,), float(resid_mix_x0_init))))
+        )
 
-    def forward(self, x: Tensor, x0: Tensor, v_extra: Tensor | None = None, state: dict | None = None,
-                core: nn.Module | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        x0: Tensor,
+        v_extra: Tensor | None = None,
+        state: dict | None = None,
+        core: nn.Module | None = None,
+    ) -> Tensor:
         """`core`: a shared Core whose attn/mlp this block runs (depth recurrence); else its own."""
         attn, mlp = (core.attn, core.mlp) if core is not None else (self.attn, self.mlp)
         mix = self.resid_mix.to(x.dtype)

@@ -1,4 +1,5 @@
 """Token embeddings."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,7 +1,9 @@
 """The GPT assembly: embeddings → blocks with U-Net skips → norm → (tied) head → softcap."""
+
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +60,10 @@ class GPT(nn.Module):
         if logit_softcap <= 0:
             raise UserError(f"arch.logit_softcap must be positive, got {logit_softcap}")
         if num_layers < 1 or model_dim < 1 or vocab_size < 2:
-            raise UserError(f"arch: need num_layers ≥ 1, model_dim ≥ 1, vocab_size ≥ 2 "
-                             f"(got {num_layers}, {model_dim}, {vocab_size})")
+            raise UserError(
+                f"arch: need num_layers ≥ 1, model_dim ≥ 1, vocab_size ≥ 2 "
+                f"(got {num_layers}, {model_dim}, {vocab_size})"
+            )
         self.vocab_size = vocab_size
         self.logit_softcap = logit_softcap
         if depth_scale not in ("none", "input", "output"):
@@ -69,23 +73,40 @@ class GPT(nn.Module):
         self.smear = smear(model_dim) if smear is not None else None
         scales = [1.0 if depth_scale == "none" else (i + 1) ** -0.5 for i in range(num_layers)]
         where = "input" if depth_scale == "none" else depth_scale
-        block_inits = dict(attn_scale_init=attn_scale_init, mlp_scale_init=mlp_scale_init,
-                           resid_mix_init=resid_mix_init, resid_mix_x0_init=resid_mix_x0_init)
+        block_inits = dict(
+            attn_scale_init=attn_scale_init,
+            mlp_scale_init=mlp_scale_init,
+            resid_mix_init=resid_mix_init,
+            resid_mix_x0_init=resid_mix_x0_init,
+        )
         if recurrence is None:
             self.cores = None
             self.blocks = nn.ModuleList(
-                Block(model_dim, attention(model_dim, layer=i, num_layers=num_layers), mlp(model_dim),
-                      depth_scale=scales[i], scale_where=where, **block_inits) for i in range(num_layers))
+                Block(
+                    model_dim,
+                    attention(model_dim, layer=i, num_layers=num_layers),
+                    mlp(model_dim),
+                    depth_scale=scales[i],
+                    scale_where=where,
+                    **block_inits,
+                )
+                for i in range(num_layers)
+            )
         else:
             num_cores = max(recurrence) + 1 if recurrence else 0
             if len(recurrence) != num_layers or sorted(set(recurrence)) != list(range(num_cores)):
-                raise UserError(f"arch.recurrence={list(recurrence)} must give a core for each of the {num_layers} "
-                                 f"layers and use every core 0..{num_cores - 1}")
+                raise UserError(
+                    f"arch.recurrence={list(recurrence)} must give a core for each of the {num_layers} "
+                    f"layers and use every core 0..{num_cores - 1}"
+                )
             self.core_of = list(recurrence)
-            self.cores = nn.ModuleList(Core(attention(model_dim, layer=c, num_layers=num_cores), mlp(model_dim))
-                                       for c in range(num_cores))
-            self.blocks = nn.ModuleList(Block(model_dim, None, None, depth_scale=scales[i], scale_where=where,
-                                              **block_inits) for i in range(num_layers))
+            self.cores = nn.ModuleList(
+                Core(attention(model_dim, layer=c, num_layers=num_cores), mlp(model_dim)) for c in range(num_cores)
+            )
+            self.blocks = nn.ModuleList(
+                Block(model_dim, None, None, depth_scale=scales[i], scale_where=where, **block_inits)
+                for i in range(num_layers)
+            )
         kv_dim = self._kv_dim(model_dim)
         self.ve = value_embedding(vocab_size, kv_dim, num_layers) if value_embedding is not None else None
         self.num_encoder_layers = num_layers // 2 if unet_skips else 0

@@ -1,4 +1,5 @@
 """OrthoInit: orthogonal initialisation of the model's matrices (2026-03-19 record, PR #754)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Small building blocks shared by the model's modules."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

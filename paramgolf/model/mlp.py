@@ -1,4 +1,5 @@
 """Feed-forward blocks."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """MTP: auxiliary multi-token-prediction heads, trained with a loss weight and dropped at export (PR #1185)."""
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ class MTPHeads(nn.Module):
             if T - k - 1 <= 0:
                 break
             logits = c * torch.tanh(head(hidden[:, : T - k - 1]) / c)
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1), targets[:, k + 1:].flatten()))
+            losses.append(F.cross_entropy(logits.float().flatten(0, 1), targets[:, k + 1 :].flatten()))
         if not losses:
             return hidden.new_zeros(())
         return self.weight * torch.stack(losses).mean()

@@ -1,4 +1,5 @@
 """Rotary position embedding (RoPE), full or partial, with NTK-aware base scaling."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ class Rotary(nn.Module):
     sequence longer than it uses the NTK-aware base base·(T/train_seq_len)^(r/(r−2)), r = rope_dims.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, rope_dims: int | None = None,
-                 train_seq_len: int | None = None):
+    def __init__(
+        self, head_dim: int, base: float = 10000.0, rope_dims: int | None = None, train_seq_len: int | None = None
+    ):
         super().__init__()
         r = head_dim if rope_dims is None else rope_dims
         if r % 2 or not 0 < r <= head_dim:
@@ -35,8 +37,9 @@ class Rotary(nn.Module):
     def tables(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
             r = self.rope_dims
-            inv_freq = 1.0 / (self.effective_base(seq_len) ** (torch.arange(0, r, 2, dtype=torch.float32,
-                                                                                 device=device) / r))
+            inv_freq = 1.0 / (
+                self.effective_base(seq_len) ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r)
+            )
             freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
             # [1, T, 1, r/2]: broadcasts over batch and heads in (B, T, H, D) layout.
             self._cache = (seq_len, device, freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :])

@@ -1,4 +1,5 @@
 """SmearGate: mixes each position's input with the previous position's (2026-03-19 record, PRs #537–#1263)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,9 +4,11 @@
 reach the artifact (MTP heads, #1185); the runner uses `training_loss` and `artifact_view`
 and never names a technique.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -3,6 +3,7 @@
 From PRs #537/#1185/#1263 and the 2026-03-23 record: ve = scale · proj(embed[t]) at the KV
 width, added to layer l's values times its own learned scale.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,9 +33,17 @@ class SharedValueEmbedding(nn.Module):
 class ValueEmbeddings(nn.Module):
     """The shared table plus one learned scale (init 1.0) per VE layer; `for_layer` gives what to add."""
 
-    def __init__(self, vocab_size: int, kv_dim: int, num_layers: int, dim: int = 128,
-                 layers: list[int] | None = None, scale_init: float = 0.1, init_std: float = 0.01,
-                 layer_scale_init: float = 1.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        kv_dim: int,
+        num_layers: int,
+        dim: int = 128,
+        layers: list[int] | None = None,
+        scale_init: float = 0.1,
+        init_std: float = 0.01,
+        layer_scale_init: float = 1.0,
+    ):
         """`scale_init`: the shared scale at init; `init_std`: the table's N(0, std) init;
         `layer_scale_init`: each VE layer's own scale at init."""
         super().__init__()
@@ -42,8 +51,9 @@ class ValueEmbeddings(nn.Module):
         if any(not 0 <= i < num_layers for i in self.layers) or len(set(self.layers)) != len(self.layers):
             raise UserError(f"arch.value_embedding.layers={self.layers} must be distinct layers in 0..{num_layers - 1}")
         self.shared = SharedValueEmbedding(vocab_size, dim, kv_dim, scale_init=scale_init, init_std=init_std)
-        self.layer_scales = nn.ParameterList(control_parameter(torch.full((1,), float(layer_scale_init)))
-                                             for _ in self.layers)
+        self.layer_scales = nn.ParameterList(
+            control_parameter(torch.full((1,), float(layer_scale_init))) for _ in self.layers
+        )
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.shared(idx)

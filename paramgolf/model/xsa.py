@@ -1,4 +1,5 @@
 """XSA, exclusive self-attention (records 2026-03-20 "EfficientPartialXSA", PRs #537/#754/#1185/#1263)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

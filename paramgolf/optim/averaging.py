@@ -9,6 +9,7 @@ Only `EMASWA(select="best_on_validation")` chooses by scoring candidates on the 
 set (`candidates()`, PR #754 does this); that is selection on the test set, and the runner
 labels such a result non-compliant.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -120,8 +121,13 @@ class EMA(WeightAveraging):
         return _export(current, self.shadow)
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "ema", "decay": self.decay, "every": self.every, "start_step": self.start_step,
-                "num_updates": self.num_updates}
+        return {
+            "method": "ema",
+            "decay": self.decay,
+            "every": self.every,
+            "start_step": self.start_step,
+            "num_updates": self.num_updates,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": dict(self.shadow), "num_updates": self.num_updates}
@@ -184,14 +190,22 @@ class SWA(WeightAveraging):
     def averaged_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         current = model.state_dict()
         if not self.count:
-            warnings.warn("SWA took no snapshot (its start condition was never met); exporting the model's "
-                          "own weights", stacklevel=2)
+            warnings.warn(
+                "SWA took no snapshot (its start condition was never met); exporting the model's own weights",
+                stacklevel=2,
+            )
             return {name: t.detach() for name, t in current.items()}
         return _export(current, self.average())
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "swa", "every": self.every, "start_lr_scale": self.start_lr_scale,
-                "start_step": self.start_step, "snapshots": self.count, "first_snapshot_step": self.first_step}
+        return {
+            "method": "swa",
+            "every": self.every,
+            "start_lr_scale": self.start_lr_scale,
+            "start_step": self.start_step,
+            "snapshots": self.count,
+            "first_snapshot_step": self.first_step,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": dict(self.total), "count": self.count, "first_step": self.first_step}
@@ -219,10 +233,14 @@ class EMASWA(WeightAveraging):
 
     name = "ema_swa"
 
-    def __init__(self, ema: EMA, swa: SWA,
-                 select: Literal["ema", "swa", "swa_if_snapshots", "best_on_validation"] = "ema",
-                 swa_source: Literal["raw", "ema"] = "raw",
-                 min_snapshots: int = 2) -> None:
+    def __init__(
+        self,
+        ema: EMA,
+        swa: SWA,
+        select: Literal["ema", "swa", "swa_if_snapshots", "best_on_validation"] = "ema",
+        swa_source: Literal["raw", "ema"] = "raw",
+        min_snapshots: int = 2,
+    ) -> None:
         if select not in SELECT_RULES:
             raise UserError(f"train.averaging.select={select!r} is not one of {', '.join(SELECT_RULES)}")
         if swa_source not in ("raw", "ema"):
@@ -256,16 +274,24 @@ class EMASWA(WeightAveraging):
         return part.averaged_state_dict(model)
 
     def candidates(self, model: nn.Module) -> dict[str, dict[str, Tensor]]:
-        out = {"raw": {n: t.detach() for n, t in model.state_dict().items()},
-               "ema": self.ema.averaged_state_dict(model)}
+        out = {
+            "raw": {n: t.detach() for n, t in model.state_dict().items()},
+            "ema": self.ema.averaged_state_dict(model),
+        }
         if self.swa.count:
             out["swa"] = self.swa.averaged_state_dict(model)
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"method": "ema_swa", "select": self.select, "swa_source": self.swa_source,
-                "min_snapshots": self.min_snapshots, "chosen": self.chosen,
-                "ema": self.ema.describe(), "swa": self.swa.describe()}
+        return {
+            "method": "ema_swa",
+            "select": self.select,
+            "swa_source": self.swa_source,
+            "min_snapshots": self.min_snapshots,
+            "chosen": self.chosen,
+            "ema": self.ema.describe(),
+            "swa": self.swa.describe(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict(), "swa": self.swa.state_dict()}

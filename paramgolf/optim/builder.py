@@ -8,6 +8,7 @@ scaling; Parallel Muon starts its reduce-scatters), all-reduces the gradients of
 trainable parameter not in `self_synced_params()` (multi-process), `set_lr_scale(schedule(...))`,
 `set_muon_momentum(momentum_at(step))`, `clip_grad_norm()`, `step()`, `zero_grad()`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,7 +66,8 @@ class OptimizerSet:
             raise RuntimeError(f"grad_scale names parameters the model does not train: {unknown[:5]}")
         by_name = dict(trainable)
         self.grad_scale: list[tuple[Tensor, float]] = [
-            (by_name[n], float(f)) for n, f in (grad_scale or {}).items() if float(f) != 1.0]
+            (by_name[n], float(f)) for n, f in (grad_scale or {}).items() if float(f) != 1.0
+        ]
         assigned = assign_params(trainable, self.rules, roles)
         self._summary = assignment_summary(self.rules, assigned)
         self.muon_momentum = muon_momentum
@@ -222,13 +224,8 @@ class OptimizerSet:
 
     def param_groups_summary(self) -> list[dict]:
         """One row per rule: name, optimizer, lr (current), base_lr, weight_decay, num_params, num_tensors."""
-        current_lr = {
-            group["name"]: group["lr"] for opt in self.optimizers for group in opt.param_groups
-        }
-        return [
-            {**row, "base_lr": row["lr"], "lr": current_lr.get(row["name"], row["lr"])}
-            for row in self._summary
-        ]
+        current_lr = {group["name"]: group["lr"] for opt in self.optimizers for group in opt.param_groups}
+        return [{**row, "base_lr": row["lr"], "lr": current_lr.get(row["name"], row["lr"])} for row in self._summary]
 
 
 def build_optimizer(

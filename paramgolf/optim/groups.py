@@ -6,6 +6,7 @@ owns the parameter declared: embedding, matrix, control, head; see paramgolf.mod
 sets none is a catch-all. Rules see names, shapes and roles, never the model class, so a new
 module whose control parameters are declared lands in the right group with no new rule.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,13 @@ class ParamRule:
 
     @property
     def is_catch_all(self) -> bool:
-        return (self.pattern is None and self.ndim is None and self.min_ndim is None and self.max_ndim is None
-                and self.role is None)
+        return (
+            self.pattern is None
+            and self.ndim is None
+            and self.min_ndim is None
+            and self.max_ndim is None
+            and self.role is None
+        )
 
     def matches(self, name: str, param: Tensor, role: str | None = None) -> bool:
         """True when every condition this rule sets holds for (name, param, its role)."""
@@ -105,7 +111,8 @@ def validate_rules(rules: Sequence[ParamRule]) -> None:
 
 
 def assign_params(
-    named_params: Iterable[tuple[str, Tensor]], rules: Sequence[ParamRule | Mapping],
+    named_params: Iterable[tuple[str, Tensor]],
+    rules: Sequence[ParamRule | Mapping],
     roles: Mapping[str, str] | None = None,
 ) -> dict[str, NamedParams]:
     """Map every rule name (in rule order) to the (name, param) pairs it takes; first match wins.
@@ -117,8 +124,10 @@ def assign_params(
     rules = [as_rule(r) for r in rules]
     validate_rules(rules)
     if roles is None and any(r.role is not None for r in rules):
-        raise UserError(f"parameter rules {[r.name for r in rules if r.role]} match by role, but the model "
-                         f"declares no parameter roles")
+        raise UserError(
+            f"parameter rules {[r.name for r in rules if r.role]} match by role, but the model "
+            f"declares no parameter roles"
+        )
     assigned: dict[str, NamedParams] = {rule.name: [] for rule in rules}
     for name, param in named_params:
         role = roles.get(name) if roles is not None else None

@@ -5,6 +5,7 @@ https://kellerjordan.github.io/posts/muon/). Gradients must already be averaged 
 when `step()` runs; under torch.distributed the orthogonalisation work is shared out
 (parameter i on rank i % world_size) and the updates are summed back with one all-reduce.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -130,9 +131,7 @@ class Muon(torch.optim.Optimizer):
             # One flat buffer per group: each rank fills the slices it owns and zeros elsewhere,
             # so a SUM all-reduce hands every rank every update. One process takes the same
             # path (and the same rounding to ns_dtype) so results match across world sizes.
-            updates = torch.zeros(
-                sum(p.numel() for p in params), device=params[0].device, dtype=group["ns_dtype"]
-            )
+            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=group["ns_dtype"])
             offset = 0
             for i, p in enumerate(params):
                 if i % world_size == rank and p.grad is not None:

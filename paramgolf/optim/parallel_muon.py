@@ -24,6 +24,7 @@ banked Muon equals the per-matrix `Muon` loop exactly on CPU.
 If the process group's backend lacks reduce-scatter or all-gather into a tensor, `comm="auto"`
 falls back to all-reduce (same sums, more traffic) and says so once in the log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -120,8 +121,15 @@ class ParallelMuon(Muon):
         rows = []
         for b in self.banks:
             padded = -(-len(b.params) // ws) * ws
-            rows.append({"group": b.group.get("name", ""), "shape": b.shape, "matrices": len(b.params),
-                         "padded": padded, "per_rank": padded // ws})
+            rows.append(
+                {
+                    "group": b.group.get("name", ""),
+                    "shape": b.shape,
+                    "matrices": len(b.params),
+                    "padded": padded,
+                    "per_rank": padded // ws,
+                }
+            )
         return rows
 
     def _use_fallback(self, what: str) -> bool:
@@ -135,11 +143,17 @@ class ParallelMuon(Muon):
         if self.comm == "reduce_scatter":
             raise RuntimeError(
                 f"Parallel Muon: the {dist.get_backend()} backend cannot run {what} ({exc}); "
-                f"set optimizer.muon.comm=auto to fall back to all_reduce") from exc
+                f"set optimizer.muon.comm=auto to fall back to all_reduce"
+            ) from exc
         if what not in self._fallback_said:
             self._fallback_said.add(what)
-            log.warning("Parallel Muon: the %s backend lacks %s (%s: %s); using all_reduce instead "
-                        "(same sums, more traffic)", dist.get_backend(), what, type(exc).__name__, exc)
+            log.warning(
+                "Parallel Muon: the %s backend lacks %s (%s: %s); using all_reduce instead (same sums, more traffic)",
+                dist.get_backend(),
+                what,
+                type(exc).__name__,
+                exc,
+            )
 
     # ------------------------------------------------------------------ gradients
     @torch.no_grad()
@@ -153,7 +167,8 @@ class ParallelMuon(Muon):
             if missing:
                 raise UserError(
                     f"Parallel Muon: a banked parameter of shape {b.shape} has no gradient (slot {missing[0]}); "
-                    f"every parameter under a Muon rule must take part in the loss, or route it to another rule")
+                    f"every parameter under a Muon rule must take part in the loss, or route it to another rule"
+                )
             b.padded = -(-len(b.params) // ws) * ws
             b.per_rank = b.padded // ws
             grads = [p.grad for p in b.params]

@@ -2,6 +2,7 @@
 
 Semantics follow the official naive baseline (`lr_mul` and the Muon momentum warm-up).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ class LRSchedule:
     multiplied by at that step. `min_scale` is a floor: the multiplier runs from 1 down to it.
     """
 
-    def __init__(self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0,
-                 min_scale: float = 0.0) -> None:
+    def __init__(
+        self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0, min_scale: float = 0.0
+    ) -> None:
         if iterations < 1:
             raise UserError(f"train.iterations={iterations} must be ≥ 1")
         if warmup_iters < 0:
@@ -99,10 +101,19 @@ class WarmdownSchedule(LRSchedule):
       time so far) seconds, as the official scripts estimate it (`warmdown_lr_scale`).
     """
 
-    def __init__(self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0,
-                 warmdown_iters: int = 1200, warmdown_frac: float | None = None, min_scale: float = 0.0) -> None:
-        super().__init__(iterations=iterations, max_wallclock_s=max_wallclock_s, warmup_iters=warmup_iters,
-                         min_scale=min_scale)
+    def __init__(
+        self,
+        *,
+        iterations: int,
+        max_wallclock_s: float | None,
+        warmup_iters: int = 0,
+        warmdown_iters: int = 1200,
+        warmdown_frac: float | None = None,
+        min_scale: float = 0.0,
+    ) -> None:
+        super().__init__(
+            iterations=iterations, max_wallclock_s=max_wallclock_s, warmup_iters=warmup_iters, min_scale=min_scale
+        )
         if warmdown_iters < 0:
             raise UserError(f"train.schedule.warmdown_iters={warmdown_iters} must be ≥ 0 (0: no warm-down)")
         if warmdown_frac is not None and not 0.0 < warmdown_frac <= 1.0:
@@ -113,8 +124,13 @@ class WarmdownSchedule(LRSchedule):
     def decay(self, step: int, elapsed_s: float) -> float:
         f = self.warmdown_frac
         if f is None:
-            return warmdown_lr_scale(step, elapsed_s, iterations=self.iterations,
-                                     warmdown_iters=self.warmdown_iters, max_wallclock_s=self.max_wallclock_s)
+            return warmdown_lr_scale(
+                step,
+                elapsed_s,
+                iterations=self.iterations,
+                warmdown_iters=self.warmdown_iters,
+                max_wallclock_s=self.max_wallclock_s,
+            )
         if self.max_wallclock_s is not None:
             span, remaining = f * self.max_wallclock_s, max(self.max_wallclock_s - elapsed_s, 0.0)
         else:

@@ -10,6 +10,7 @@ adapts a model on already-scored evaluation text with a single ordinary optimize
 
 `set_lr` sets every param group's lr, as a per-chunk TTT schedule does before each step.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,13 +38,9 @@ def _check_momentum(momentum: Any, where: str) -> None:
 def _check_betas(betas: Any, where: str) -> tuple[float, float]:
     ok = isinstance(betas, Sequence) and not isinstance(betas, str) and len(betas) == 2
     if ok:
-        ok = all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas
-        )
+        ok = all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)
     if not ok:
-        raise UserError(
-            f"{where}: betas must be two numbers (beta1, beta2), each in [0, 1), got {betas!r}"
-        )
+        raise UserError(f"{where}: betas must be two numbers (beta1, beta2), each in [0, 1), got {betas!r}")
     return float(betas[0]), float(betas[1])
 
 
@@ -78,9 +75,7 @@ def _trainable_groups(params: Iterable[Tensor] | Iterable[Mapping[str, Any]]) ->
         members = [members] if isinstance(members, Tensor) else list(members)
         for t in members:
             if not isinstance(t, Tensor):
-                raise UserError(
-                    f"build_simple_optimizer: param group {i} holds a {type(t).__name__}, not a tensor"
-                )
+                raise UserError(f"build_simple_optimizer: param group {i} holds a {type(t).__name__}, not a tensor")
         trainable = [t for t in members if t.requires_grad]
         if trainable:
             groups.append({**group, "params": trainable})
@@ -131,9 +126,7 @@ def build_simple_optimizer(
         for i, group in enumerate(groups):
             if "momentum" in group:
                 _check_momentum(group["momentum"], f"{where}, param group {i}")
-        return torch.optim.SGD(
-            groups, lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay
-        )
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay)
 
     b1, b2 = _check_betas(betas, where)
     _check_nonnegative(eps, "eps", where)

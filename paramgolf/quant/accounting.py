@@ -7,6 +7,7 @@ followed within the package, plus the `__init__` of every parent package (Python
 runs those on import). Static parsing makes the number deterministic: it does
 not depend on what happens to be imported in the current process.
 """
+
 from __future__ import annotations
 
 import ast

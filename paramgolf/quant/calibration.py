@@ -10,12 +10,14 @@ or from `self_generated_batches`; validation data is refused.
 reserve inside the training cap, the batches, the Hessians and the check that training plus
 calibration fits the cap (the challenge counts calibration as training time).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,19 @@ SOURCES = ("train", "self_generated")
 
 
 @dataclass
+class CalibrationData:
+    """Where calibration batches come from (never the validation split)."""
+
+    train_files: Sequence[str | Path]
+    train_seq_len: int
+    loader_seed: int
+    vocab_size: int
+    seed: int  # self-generated samples
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+
+
+@dataclass
 class CalibrationResult:
     hessians: dict[str, Tensor]  # on the CPU
     seconds: float
@@ -33,21 +48,33 @@ class CalibrationResult:
     def report(self, train_time_s: float, cap_s: float | None) -> dict[str, Any]:
         """What results.json says: calibration time, and training + calibration against the cap."""
         total = train_time_s + self.seconds
-        return {"calibration_time_s": self.seconds, "train_plus_calibration_s": total,
-                "train_plus_calibration_within_cap": (total <= cap_s) if cap_s else None}
+        return {
+            "calibration_time_s": self.seconds,
+            "train_plus_calibration_s": total,
+            "train_plus_calibration_within_cap": (total <= cap_s) if cap_s else None,
+        }
 
 
 class Calibration:
     """GPTQ calibration: Hessians from `batches` × `batch_seqs` sequences of training data or of the
     model's own samples; `reserve_s` seconds of the training wallclock cap are kept for it."""
 
-    def __init__(self, source: str = "train", batches: int = 32, batch_seqs: int = 8, seq_len: int | None = None,
-                 temperature: float = 1.0, reserve_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        source: str = "train",
+        batches: int = 32,
+        batch_seqs: int = 8,
+        seq_len: int | None = None,
+        temperature: float = 1.0,
+        reserve_s: float = 10.0,
+    ) -> None:
         """`seq_len` None: train.seq_len; `temperature`: self_generated sampling."""
         if source == "validation":
-            raise UserError("quant.calibration.source=validation is refused: GPTQ calibrated on validation tokens "
-                             "lets the scored data shape the artifact. Use train (training batches) or "
-                             "self_generated (the model's own samples)")
+            raise UserError(
+                "quant.calibration.source=validation is refused: GPTQ calibrated on validation tokens "
+                "lets the scored data shape the artifact. Use train (training batches) or "
+                "self_generated (the model's own samples)"
+            )
         if source not in SOURCES:
             raise UserError(f"quant.calibration.source={source!r} is not one of {', '.join(SOURCES)}")
         if batches < 1 or batch_seqs < 1:
@@ -69,41 +96,62 @@ class Calibration:
             return cap_s
         return max(cap_s - self.reserve_s, 1.0)
 
-    def batches_for(self, model: nn.Module, train_files: Sequence[str | Path], *, train_seq_len: int,
-                    loader_seed: int, vocab_size: int, seed: int, device: torch.device) -> Iterator[Tensor]:
-        seq_len = self.seq_len or train_seq_len
+    def batches_for(self, model: nn.Module, data: CalibrationData) -> Iterator[Tensor]:
+        seq_len = self.seq_len or data.train_seq_len
         if self.source == "train":
             from paramgolf.data.loader import DistributedTokenLoader
-            loader = DistributedTokenLoader(train_files, 0, 1, seed=loader_seed)
+
+            loader = DistributedTokenLoader(data.train_files, 0, 1, seed=data.loader_seed)
             for _ in range(self.batches):
                 x, _ = loader.next_batch(self.batch_seqs * seq_len, seq_len)
-                yield x.to(device)
+                yield x.to(data.device)
         else:
-            yield from self_generated_batches(model, self.batches * self.batch_seqs, seq_len, vocab_size=vocab_size,
-                                              temperature=self.temperature, seed=seed, batch_size=self.batch_seqs,
-                                              device=device)
+            yield from self_generated_batches(
+                model,
+                self.batches * self.batch_seqs,
+                seq_len,
+                vocab_size=data.vocab_size,
+                temperature=self.temperature,
+                seed=data.seed,
+                batch_size=self.batch_seqs,
+                device=data.device,
+            )
 
-    def run(self, quantizer: Any, model: nn.Module, state: dict[str, Tensor], train_files: Sequence[str | Path], *,
-            train_seq_len: int, loader_seed: int, vocab_size: int, seed: int, device: torch.device,
-            autocast_dtype: torch.dtype | None = None,
-            say: Callable[[str], None] = lambda m: None) -> CalibrationResult | None:
+    def run(
+        self,
+        quantizer: Any,
+        model: nn.Module,
+        state: dict[str, Tensor],
+        data: CalibrationData,
+        say: Callable[[str], None] = lambda m: None,
+    ) -> CalibrationResult | None:
         """Hessians for the quantizer's GPTQ tensors (None when it needs none), timed."""
         roles = model.parameter_roles() if hasattr(model, "parameter_roles") else None
         names = quantizer.gptq_names(state, roles) if self.needed(quantizer) else set()
         if not names:
             return None
         t0 = time.perf_counter()
-        batches = self.batches_for(model, train_files, train_seq_len=train_seq_len, loader_seed=loader_seed,
-                                   vocab_size=vocab_size, seed=seed, device=device)
-        hessians = collect_hessians(model, batches, param_names=names, device=device, autocast_dtype=autocast_dtype)
+        hessians = collect_hessians(
+            model,
+            self.batches_for(model, data),
+            param_names=names,
+            device=data.device,
+            autocast_dtype=data.autocast_dtype,
+        )
         seconds = time.perf_counter() - t0
         say(f"gptq calibration: {len(hessians)} matrices from {self.batches} {self.source} batches in {seconds:.1f}s")
         return CalibrationResult({k: v.cpu() for k, v in hessians.items()}, seconds)
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *, param_names: set[str] | None = None,
-                     device: torch.device | None = None, autocast_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def collect_hessians(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    *,
+    param_names: set[str] | None = None,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
     """{weight name: H [in, in]} for the Linear layers whose weight name is in `param_names` (all if None)."""
     targets: dict[str, nn.Linear] = {}
     for name, module in model.named_modules():
@@ -120,6 +168,7 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *, param_names
                 sums[key] += h
             else:
                 sums[key] = h
+
         return hook
 
     for key, module in targets.items():
@@ -149,9 +198,17 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor], *, param_names
 
 
 @torch.no_grad()
-def self_generated_batches(model: nn.Module, num_seqs: int, seq_len: int, *, vocab_size: int,
-                           temperature: float = 1.0, seed: int = 0, batch_size: int = 8,
-                           device: torch.device | None = None) -> Iterator[Tensor]:
+def self_generated_batches(
+    model: nn.Module,
+    num_seqs: int,
+    seq_len: int,
+    *,
+    vocab_size: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+) -> Iterator[Tensor]:
     """Calibration sequences the model samples itself: [B, seq_len] token batches, deterministic per seed."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training

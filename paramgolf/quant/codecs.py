@@ -3,6 +3,7 @@
 Each codec writes a self-describing stream, so `codec_by_name(name)` with default
 settings can decompress whatever any setting of that codec compressed.
 """
+
 from __future__ import annotations
 
 import io
@@ -127,8 +128,15 @@ class SevenZip:
     METHODS = ("lzma2", "lzma", "ppmd", "bzip2", "deflate")
     FILTERS = (None, "bcj", "delta")
 
-    def __init__(self, method: Literal["lzma2", "lzma", "ppmd", "bzip2", "deflate"] = "lzma2", preset: int = 9, filter: str | None = None, delta_distance: int = 1,
-                 ppmd_order: int = 6, ppmd_mem: int = 28) -> None:
+    def __init__(
+        self,
+        method: Literal["lzma2", "lzma", "ppmd", "bzip2", "deflate"] = "lzma2",
+        preset: int = 9,
+        filter: str | None = None,
+        delta_distance: int = 1,
+        ppmd_order: int = 6,
+        ppmd_mem: int = 28,
+    ) -> None:
         if method not in self.METHODS:
             raise UserError(f"quant.codec.method for 7z must be one of {', '.join(self.METHODS)}, got {method!r}")
         if filter not in self.FILTERS:
@@ -138,16 +146,19 @@ class SevenZip:
         if not 1 <= delta_distance <= 256:
             raise UserError(f"quant.codec.delta_distance for 7z must be in 1..256, got {delta_distance}")
         if not 2 <= ppmd_order <= 32 or not 16 <= ppmd_mem <= 31:
-            raise UserError(f"quant.codec.ppmd_order must be in 2..32 and ppmd_mem in 16..31, "
-                             f"got {ppmd_order} and {ppmd_mem}")
+            raise UserError(
+                f"quant.codec.ppmd_order must be in 2..32 and ppmd_mem in 16..31, got {ppmd_order} and {ppmd_mem}"
+            )
         self.method, self.preset, self.filter = method, preset, filter
         self.delta_distance, self.ppmd_order, self.ppmd_mem = delta_distance, ppmd_order, ppmd_mem
 
     def __repr__(self) -> str:
-        return (f"SevenZip(method={self.method!r}, preset={self.preset}, filter={self.filter!r}"
-                + (f", delta_distance={self.delta_distance}" if self.filter == "delta" else "")
-                + (f", ppmd_order={self.ppmd_order}, ppmd_mem={self.ppmd_mem}" if self.method == "ppmd" else "")
-                + ")")
+        return (
+            f"SevenZip(method={self.method!r}, preset={self.preset}, filter={self.filter!r}"
+            + (f", delta_distance={self.delta_distance}" if self.filter == "delta" else "")
+            + (f", ppmd_order={self.ppmd_order}, ppmd_mem={self.ppmd_mem}" if self.method == "ppmd" else "")
+            + ")"
+        )
 
     def _filters(self) -> list[dict]:
         import py7zr
@@ -157,11 +168,13 @@ class SevenZip:
             chain.append({"id": py7zr.FILTER_X86})
         elif self.filter == "delta":
             chain.append({"id": py7zr.FILTER_DELTA, "dist": self.delta_distance})
-        coder = {"lzma2": {"id": py7zr.FILTER_LZMA2, "preset": self.preset},
-                 "lzma": {"id": py7zr.FILTER_LZMA, "preset": self.preset},
-                 "ppmd": {"id": py7zr.FILTER_PPMD, "order": self.ppmd_order, "mem": self.ppmd_mem},
-                 "bzip2": {"id": py7zr.FILTER_BZIP2},
-                 "deflate": {"id": py7zr.FILTER_DEFLATE}}[self.method]
+        coder = {
+            "lzma2": {"id": py7zr.FILTER_LZMA2, "preset": self.preset},
+            "lzma": {"id": py7zr.FILTER_LZMA, "preset": self.preset},
+            "ppmd": {"id": py7zr.FILTER_PPMD, "order": self.ppmd_order, "mem": self.ppmd_mem},
+            "bzip2": {"id": py7zr.FILTER_BZIP2},
+            "deflate": {"id": py7zr.FILTER_DEFLATE},
+        }[self.method]
         return chain + [coder]
 
     def compress(self, data: bytes) -> bytes:
@@ -177,9 +190,11 @@ class SevenZip:
             except Exception:  # noqa: BLE001 - any failure to read back means the same thing
                 ok = False
             if not ok:
-                raise UserError(f"7z ppmd (order {self.ppmd_order}, mem 2^{self.ppmd_mem}) wrote an archive that "
-                                 f"does not read back (a pyppmd bug on poorly compressible data); raise "
-                                 f"quant.codec.ppmd_mem or use quant.codec.method=lzma2")
+                raise UserError(
+                    f"7z ppmd (order {self.ppmd_order}, mem 2^{self.ppmd_mem}) wrote an archive that "
+                    f"does not read back (a pyppmd bug on poorly compressible data); raise "
+                    f"quant.codec.ppmd_mem or use quant.codec.method=lzma2"
+                )
         return blob
 
     def decompress(self, data: bytes) -> bytes:

@@ -1,42 +1,10 @@
 """Artifact size before training: quantize and compress surrogate *trained* weights.
 
-Zero- or freshly-initialised weights compress far better than trained ones, so
-the estimate draws weights that look trained and runs the real quantizer,
-`pack_artifact` and codec on them:
-
-- matrices (float, >= 2 dims, not control tensors): each row (last dim) is i.i.d.
-  Student-t with `tail_dof` degrees of freedom, scaled to unit variance, times a
-  row RMS `matrix_rms * exp(row_rms_spread * N(0, 1))`. Per-row int8 spends its
-  levels between -max and +max of a row, so the row max / std ratio, which grows
-  with the row length and the tail weight, sets the entropy of the codes.
-- vectors and control tensors (gains, scales, mixes): N(1, 0.25^2), like trained
-  gains that start at 1; only their mantissa noise matters to the codec.
-- non-float tensors: their real values when a state dict is given, else zeros.
-
-Calibration: the official naive baseline (17,059,912 parameters, 13,780 steps)
-published an int8+zlib model of 15,815,847 bytes in its torch.save container,
-which costs 10.8 kB more than this package's artifact for the same weights.
-With the baseline's int8 (quantizer/int8_row.yaml) + Zlib(9) on its state-dict shapes and seed 0, the
-official container of the surrogate weighs 15,882,251 bytes (+0.42%) for
-Gaussian rows, 15,829,227 (+0.09%) for tail_dof = 100, 15,815,331 (-0.003%)
-for tail_dof = 80 and 15,791,089 (-0.16%) for 60; our artifact estimate for 30
-is -0.9% and for 10 is -4.0%. The default tail_dof = 80 (our artifact:
-15,804,486 bytes, -0.07% of the published figure) says the baseline's rows are
-Gaussian with only slightly heavy tails (excess kurtosis 6 / (80 - 4) = 0.08).
-
-matrix_rms = 1.0 puts every row max above 1, where the int8 scale floor 1/127
-never binds: the regime the published figure implies (7.4 bits per weight is
-out of reach once the floor binds). Runs whose trained rows stay below 1 (weight
-decay, short training) compress better; pass their expected trained RMS. For
-the baseline shapes: 0.5 -> 15.80 MB, 0.3 -> 15.55 MB, 0.2 -> 14.59 MB,
-0.1 -> 12.69 MB, 0.05 -> 11.20 MB.
-
-`row_fraction` < 1 compresses only that fraction of every large tensor's rows,
-and half of it, and extrapolates the compressed size linearly to all rows
-(fixed overheads cancel). On the baseline, 0.25 differs from the exact size by
-+0.002% for zlib 9, +0.06% for zstd 22 and -0.007% for lzma, and compresses
-3/8 of the bytes.
+Zero- or freshly-initialised weights compress far better than trained ones, so the estimate
+draws weights that look trained (Student-t rows at a predicted RMS) and runs the real quantizer,
+`pack_artifact` and codec on them. Calibration and measurements: docs/budget-estimate.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -212,8 +180,12 @@ def estimate_model_bytes(
         stored_bytes=sum(qt.stored_bytes for qt in qstate.values()),
         row_fraction=row_fraction,
         seconds=time.perf_counter() - start,
-        settings={"seed": seed, "tail_dof": tail_dof, "row_rms_spread": row_rms_spread,
-                  "matrix_rms": dict(matrix_rms) if isinstance(matrix_rms, Mapping) else matrix_rms},
+        settings={
+            "seed": seed,
+            "tail_dof": tail_dof,
+            "row_rms_spread": row_rms_spread,
+            "matrix_rms": dict(matrix_rms) if isinstance(matrix_rms, Mapping) else matrix_rms,
+        },
     )
 
 
@@ -221,9 +193,18 @@ def codec_candidates() -> list[Codec]:
     """Every codec setting `paramgolf-budget --all-codecs` compares (brotli when installed)."""
     from paramgolf.quant.codecs import Brotli, Lzma, Raw, SevenZip, Zlib, Zstd
 
-    out: list[Codec] = [Zlib(9), Zstd(19), Zstd(22), Lzma(6, extreme=False), Lzma(9, extreme=True),
-                        SevenZip("lzma2", 9), SevenZip("ppmd"), SevenZip("lzma2", 9, filter="bcj"),
-                        SevenZip("lzma2", 9, filter="delta"), Raw()]
+    out: list[Codec] = [
+        Zlib(9),
+        Zstd(19),
+        Zstd(22),
+        Lzma(6, extreme=False),
+        Lzma(9, extreme=True),
+        SevenZip("lzma2", 9),
+        SevenZip("ppmd"),
+        SevenZip("lzma2", 9, filter="bcj"),
+        SevenZip("lzma2", 9, filter="delta"),
+        Raw(),
+    ]
     try:
         out.insert(-1, Brotli(11))
     except ValueError:
@@ -231,8 +212,9 @@ def codec_candidates() -> list[Codec]:
     return out
 
 
-def codec_table(qstate: dict[str, QuantizedTensor], arch_config: dict, codecs: list[Codec],
-                meta: dict | None = None) -> list[dict]:
+def codec_table(
+    qstate: dict[str, QuantizedTensor], arch_config: dict, codecs: list[Codec], meta: dict | None = None
+) -> list[dict]:
     """Artifact bytes of the same quantized state under each codec (int8 containers and bit-packed
     codes, the smaller kept, as the exporter does), with compression and decompression seconds."""
     from paramgolf.quant.mixed import pack_state
@@ -249,16 +231,26 @@ def codec_table(qstate: dict[str, QuantizedTensor], arch_config: dict, codecs: l
             try:
                 blob = codec.compress(payload)
             except ValueError as e:  # a codec that cannot handle this payload is reported, not fatal
-                best = best or {"codec": codec.name, "settings": repr(codec), "packing": packing,
-                                "model_bytes": None, "error": str(e)}
+                best = best or {
+                    "codec": codec.name,
+                    "settings": repr(codec),
+                    "packing": packing,
+                    "model_bytes": None,
+                    "error": str(e),
+                }
                 continue
             t1 = time.perf_counter()
             if codec.decompress(blob) != payload:
                 raise RuntimeError(f"{codec!r} did not round-trip the payload")
             t2 = time.perf_counter()
-            row = {"codec": codec.name, "settings": repr(codec), "packing": packing,
-                   "model_bytes": len(frame_payload(blob, codec.name)), "compress_s": round(t1 - t0, 3),
-                   "decompress_s": round(t2 - t1, 3)}
+            row = {
+                "codec": codec.name,
+                "settings": repr(codec),
+                "packing": packing,
+                "model_bytes": len(frame_payload(blob, codec.name)),
+                "compress_s": round(t1 - t0, 3),
+                "decompress_s": round(t2 - t1, 3),
+            }
             if best is None or best["model_bytes"] is None or row["model_bytes"] < best["model_bytes"]:
                 best = row
         rows.append(best)

@@ -6,10 +6,12 @@ Per tensor group (the quantizer's rule that took the tensor) the report gives te
 bits per parameter before compression and the group's bytes compressed on its own with the same
 codec (groups compress a little better together, so these do not sum exactly to `model_bytes`).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,8 +23,9 @@ from paramgolf.quant.schemes import QuantizedTensor
 PACKINGS = ("auto", "int8", "bits")
 
 
-def _quantize(quantizer, state: Mapping[str, Tensor], hessians: Mapping[str, Tensor] | None,
-              roles: Mapping[str, str] | None):
+def _quantize(
+    quantizer, state: Mapping[str, Tensor], hessians: Mapping[str, Tensor] | None, roles: Mapping[str, str] | None
+):
     return quantizer.quantize(state, hessians=hessians, roles=roles)
 
 
@@ -54,9 +57,18 @@ def group_stats(quantizer, qstate: Mapping[str, QuantizedTensor], codec) -> dict
     return groups
 
 
-def build_artifact(quantizer, codec, state: Mapping[str, Tensor], arch: dict, meta: dict, *,
-                   packing: str = "auto", hessians: Mapping[str, Tensor] | None = None,
-                   roles: Mapping[str, str] | None = None, stats: bool = True) -> tuple[bytes, dict[str, Any]]:
+def build_artifact(
+    quantizer,
+    codec,
+    state: Mapping[str, Tensor],
+    arch: dict,
+    meta: dict,
+    *,
+    packing: str = "auto",
+    hessians: Mapping[str, Tensor] | None = None,
+    roles: Mapping[str, str] | None = None,
+    stats: bool = True,
+) -> tuple[bytes, dict[str, Any]]:
     """(artifact bytes, export report) for a float state dict; `roles`: the parameters' declared roles."""
     from paramgolf.quant.mixed import pack_state
 
@@ -74,9 +86,13 @@ def build_artifact(quantizer, codec, state: Mapping[str, Tensor], arch: dict, me
     compress_s = time.perf_counter() - t0
     chosen = min(blobs, key=lambda k: len(blobs[k]))
     report: dict[str, Any] = {
-        "quantizer": type(quantizer).__name__, "codec": getattr(codec, "name", type(codec).__name__),
-        "codec_settings": repr(codec), "packing": chosen, "packing_bytes": {k: len(b) for k, b in blobs.items()},
-        "quantize_s": quant_s, "compress_s": compress_s,
+        "quantizer": type(quantizer).__name__,
+        "codec": getattr(codec, "name", type(codec).__name__),
+        "codec_settings": repr(codec),
+        "packing": chosen,
+        "packing_bytes": {k: len(b) for k, b in blobs.items()},
+        "quantize_s": quant_s,
+        "compress_s": compress_s,
     }
     rep = getattr(quantizer, "report", None)
     if rep is not None:

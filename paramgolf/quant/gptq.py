@@ -15,9 +15,11 @@ dequantizer (`intn.dequantize_rows`) turns back into the weight the model will u
   are fixed per row before the sweep, once per clip candidate; like #1263, the candidate with the
   lowest plain weight MSE ‖W − Q·s‖² is kept.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,8 +34,13 @@ def _clip(w: Tensor, p: float) -> Tensor:
     return row_abs_max(w) if p >= 1.0 else abs_quantile_rows(w, p)
 
 
-def clip_search(w: Tensor, bits: int, quantiles: Sequence[float] = CANDIDATES, scale_floor: float | None = None,
-                per_row: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+def clip_search(
+    w: Tensor,
+    bits: int,
+    quantiles: Sequence[float] = CANDIDATES,
+    scale_floor: float | None = None,
+    per_row: bool = False,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """GPTQ-lite: the clip quantile with the lowest reconstruction MSE; (codes, fp16 scales, info)."""
     w = w.float()
     best_q = best_s = best_err = None
@@ -77,8 +84,10 @@ def _inverse_hessian_factor(H: Tensor, damp: float) -> tuple[Tensor, float]:
             if not int(bad):
                 return U, lam
         lam = max(lam, 1e-6 * mean_diag) * 10
-    raise UserError("GPTQ: the Hessian is not positive definite even with 10^5 × the damping; "
-                     "check the calibration activations (NaN or all-zero inputs?)")
+    raise UserError(
+        "GPTQ: the Hessian is not positive definite even with 10^5 × the damping; "
+        "check the calibration activations (NaN or all-zero inputs?)"
+    )
 
 
 def _gptq_sweep(W: Tensor, U: Tensor, scale: Tensor, m: int, block_size: int) -> Tensor:
@@ -103,12 +112,21 @@ def _gptq_sweep(W: Tensor, U: Tensor, scale: Tensor, m: int, block_size: int) ->
     return Q
 
 
-def gptq_quantize(w: Tensor, H: Tensor, bits: int, *, block_size: int = 128, damp: float = 0.01,
-                  act_order: bool = True, quantiles: Sequence[float] = CANDIDATES,
-                  scale_floor: float | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+def gptq_quantize(
+    w: Tensor,
+    H: Tensor,
+    bits: int,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = True,
+    quantiles: Sequence[float] = CANDIDATES,
+    scale_floor: float | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Full GPTQ of W [rows, cols] with input Hessian H [cols, cols]; (codes, fp16 scales, info)."""
     assert w.dim() == 2 and H.shape == (w.shape[1], w.shape[1]), (
-        f"GPTQ: weight {tuple(w.shape)} needs a Hessian of shape ({w.shape[1]}, {w.shape[1]}), got {tuple(H.shape)}")
+        f"GPTQ: weight {tuple(w.shape)} needs a Hessian of shape ({w.shape[1]}, {w.shape[1]}), got {tuple(H.shape)}"
+    )
     if not bool(torch.isfinite(H).all()):
         raise UserError("GPTQ: the Hessian has NaN or inf entries")
     m = qmax(bits)
@@ -129,6 +147,11 @@ def gptq_quantize(w: Tensor, H: Tensor, bits: int, *, block_size: int = 128, dam
         if best is None or err < best[0]:
             best = (err, p, Q, scale)
     err, p, Q, scale = best
-    info = {"quantile": float(p), "mse": err / max(w.numel(), 1), "damp": lam, "dead_columns": int(dead.sum()),
-            "act_order": act_order}
+    info = {
+        "quantile": float(p),
+        "mse": err / max(w.numel(), 1),
+        "damp": lam,
+        "dead_columns": int(dead.sum()),
+        "act_order": act_order,
+    }
     return Q.to(torch.int8), scale, info

@@ -16,6 +16,7 @@ is below 1; `scale_floor` reproduces that when a preset asks for it (default: no
 Clip quantiles: `abs_quantile_rows` equals torch.quantile(|x|, q, dim=1) bit for bit, without its
 16M-element limit and without sorting whole rows when only the top few values matter.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,9 @@ def row_scales_fp32(clip: Tensor, bits: int, scale_floor: float | None = None) -
     return s.clamp_min(scale_floor if scale_floor else SCALE_EPS)
 
 
-def row_scales(clip: Tensor, bits: int, scale_floor: float | None = None,
-               scale_dtype: torch.dtype = torch.float16) -> Tensor:
+def row_scales(
+    clip: Tensor, bits: int, scale_floor: float | None = None, scale_dtype: torch.dtype = torch.float16
+) -> Tensor:
     """Per-row scale, rounded to `scale_dtype` (returned in that dtype)."""
     return store_scales(row_scales_fp32(clip, bits, scale_floor), scale_dtype)
 
@@ -71,15 +73,22 @@ def row_abs_max(w: Tensor) -> Tensor:
     return w.float().abs().amax(dim=tuple(range(1, w.dim()))) if w.dim() > 1 else w.float().abs().reshape(1)
 
 
-def round_trip_rows(w: Tensor, clip: Tensor, bits: int, scale_floor: float | None = None,
-                    scale_dtype: torch.dtype = torch.float16,
-                    scale_rounding: str = "before") -> tuple[Tensor, Tensor, Tensor]:
+def round_trip_rows(
+    w: Tensor,
+    clip: Tensor,
+    bits: int,
+    scale_floor: float | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+    scale_rounding: str = "before",
+) -> tuple[Tensor, Tensor, Tensor]:
     """(codes, stored scales, reconstruction) of W under per-row clip values.
 
     `scale_rounding`: "before" quantizes with the stored (rounded) scale, "after" with the fp32
     scale (the official int8 baseline); the stored scale and the reconstruction are the same kind.
     """
-    assert scale_rounding in SCALE_ROUNDINGS, f"scale_rounding={scale_rounding!r} is not one of {', '.join(SCALE_ROUNDINGS)}"
+    assert scale_rounding in SCALE_ROUNDINGS, (
+        f"scale_rounding={scale_rounding!r} is not one of {', '.join(SCALE_ROUNDINGS)}"
+    )
     s32 = row_scales_fp32(clip, bits, scale_floor)
     scale = store_scales(s32, scale_dtype)
     q = quantize_rows(w, scale if scale_rounding == "before" else s32, bits)
@@ -88,7 +97,9 @@ def round_trip_rows(w: Tensor, clip: Tensor, bits: int, scale_floor: float | Non
 
 def abs_quantile_rows(x: Tensor, q: float) -> Tensor:
     """Per-row `q` quantile of |x| for a 2-D tensor, equal to torch.quantile(|x|, q, dim=1)."""
-    assert x.dim() == 2 and x.shape[1] > 0, f"abs_quantile_rows needs a 2-D tensor with columns, got shape {tuple(x.shape)}"
+    assert x.dim() == 2 and x.shape[1] > 0, (
+        f"abs_quantile_rows needs a 2-D tensor with columns, got shape {tuple(x.shape)}"
+    )
     assert 0.0 <= q <= 1.0, f"quantile must be in [0, 1], got {q}"
     return abs_quantile_with_plan(x, quantile_plan(q, x.shape[1]))[0]
 

@@ -28,18 +28,27 @@ every condition it sets holds: `pattern` (regex searched in the name), `min_nume
 Non-float tensors are stored exactly. Magnitude pruning (#537 per tensor, #620 global) zeroes
 the smallest `prune_fraction` of |w| in the tensors it covers before quantization.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from paramgolf.errors import UserError
-from paramgolf.quant.intn import (SCALE_ROUNDINGS, abs_quantile_with_plan, qmax, quantile_plan, round_trip_rows,
-                                  row_abs_max, row_scales_fp32)
+from paramgolf.quant.intn import (
+    SCALE_ROUNDINGS,
+    abs_quantile_with_plan,
+    qmax,
+    quantile_plan,
+    round_trip_rows,
+    row_abs_max,
+    row_scales_fp32,
+)
 from paramgolf.quant.schemes import DTYPES, QuantizedTensor, Quantizer, dequantize_state, dtype_name
 
 FLOAT_SCHEMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -100,8 +109,9 @@ class QuantRule:
             if self.record != "intn_row" and self.bits != 8:
                 raise UserError(f"{where}: record={self.record} holds int8 codes, needs bits=8 (got {self.bits})")
             if self.scale_rounding not in SCALE_ROUNDINGS:
-                raise UserError(f"{where}: scale_rounding={self.scale_rounding!r} is not one of "
-                                 f"{', '.join(SCALE_ROUNDINGS)}")
+                raise UserError(
+                    f"{where}: scale_rounding={self.scale_rounding!r} is not one of {', '.join(SCALE_ROUNDINGS)}"
+                )
             plain = self.clip in ("rowmax", "quantile")
             if not plain and (self.scale_rounding == "after" or self.record == "int8_tensor"):
                 what = "scale_rounding=after" if self.scale_rounding == "after" else "record=int8_tensor"
@@ -117,12 +127,14 @@ class QuantRule:
                 raise UserError(f"{where}: pattern {self.pattern!r} is not a valid regex ({e})") from e
 
     def matches(self, name: str, t: Tensor, role: str | None = None) -> bool:
-        return ((self.role is None or role == self.role)
-                and (self.pattern is None or re.search(self.pattern, name) is not None)
-                and (self.min_numel is None or t.numel() >= self.min_numel)
-                and (self.max_numel is None or t.numel() <= self.max_numel)
-                and (self.ndim is None or t.dim() == self.ndim)
-                and (self.dtypes is None or str(t.dtype).removeprefix("torch.") in self.dtypes))
+        return (
+            (self.role is None or role == self.role)
+            and (self.pattern is None or re.search(self.pattern, name) is not None)
+            and (self.min_numel is None or t.numel() >= self.min_numel)
+            and (self.max_numel is None or t.numel() <= self.max_numel)
+            and (self.ndim is None or t.dim() == self.ndim)
+            and (self.dtypes is None or str(t.dtype).removeprefix("torch.") in self.dtypes)
+        )
 
     @property
     def label(self) -> str:
@@ -135,7 +147,9 @@ def as_quant_rule(r: QuantRule | Mapping[str, Any]) -> QuantRule:
     known = {f for f in QuantRule.__dataclass_fields__}
     unknown = sorted(set(r) - known)
     if unknown:
-        raise UserError(f"quant.quantizer.table rule {r.get('name')!r}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise UserError(
+            f"quant.quantizer.table rule {r.get('name')!r}: unknown key(s) {unknown}; known: {sorted(known)}"
+        )
     return QuantRule(**dict(r))
 
 
@@ -152,9 +166,17 @@ class QuantReport:
 class MixedQuantizer:
     """Quantize a state dict by the first matching rule of `table` (see the module docstring)."""
 
-    def __init__(self, table: Sequence[QuantRule | Mapping[str, Any]], prune_fraction: float = 0.0,
-                 prune_scope: Literal["per_tensor", "global"] = "per_tensor", prune_min_numel: int = 65537, prune_ndim: int = 2,
-                 gptq_block_size: int = 128, gptq_damp: float = 0.01, gptq_act_order: bool = True) -> None:
+    def __init__(
+        self,
+        table: Sequence[QuantRule | Mapping[str, Any]],
+        prune_fraction: float = 0.0,
+        prune_scope: Literal["per_tensor", "global"] = "per_tensor",
+        prune_min_numel: int = 65537,
+        prune_ndim: int = 2,
+        gptq_block_size: int = 128,
+        gptq_damp: float = 0.01,
+        gptq_act_order: bool = True,
+    ) -> None:
         self.table = [as_quant_rule(r) for r in table]
         if not self.table:
             raise UserError("quant.quantizer.table is empty: add rules, ending with a catch-all (no conditions)")
@@ -177,8 +199,10 @@ class MixedQuantizer:
         for rule in self.table:
             if rule.matches(name, t, role):
                 return rule
-        raise UserError(f"tensor {name!r} (shape {tuple(t.shape)}) matches no rule of quant.quantizer.table "
-                         f"{[r.name for r in self.table]}; end the table with a catch-all rule (no conditions)")
+        raise UserError(
+            f"tensor {name!r} (shape {tuple(t.shape)}) matches no rule of quant.quantizer.table "
+            f"{[r.name for r in self.table]}; end the table with a catch-all rule (no conditions)"
+        )
 
     @property
     def needs_hessians(self) -> bool:
@@ -187,13 +211,21 @@ class MixedQuantizer:
     def gptq_names(self, state: Mapping[str, Tensor], roles: Mapping[str, str] | None = None) -> set[str]:
         """Tensors whose rule asks for full GPTQ: the calibration collects Hessians for these."""
         roles = self._check_roles(roles)
-        return {n for n, t in state.items() if t.is_floating_point() and t.dim() == 2
-                and (r := self.rule_for(n, t, roles.get(n))).scheme == "int" and r.clip == "gptq"}
+        return {
+            n
+            for n, t in state.items()
+            if t.is_floating_point()
+            and t.dim() == 2
+            and (r := self.rule_for(n, t, roles.get(n))).scheme == "int"
+            and r.clip == "gptq"
+        }
 
     def _check_roles(self, roles: Mapping[str, str] | None) -> Mapping[str, str]:
         if roles is None and any(r.role is not None for r in self.table):
-            raise UserError(f"quant.quantizer.table rules {[r.name for r in self.table if r.role]} match by role, "
-                             f"but no parameter roles were given (the model declares them: GPT.parameter_roles())")
+            raise UserError(
+                f"quant.quantizer.table rules {[r.name for r in self.table if r.role]} match by role, "
+                f"but no parameter roles were given (the model declares them: GPT.parameter_roles())"
+            )
         return roles or {}
 
     # ------------------------------------------------------------------ pruning
@@ -224,18 +256,25 @@ class MixedQuantizer:
         return out
 
     # ------------------------------------------------------------------ quantize
-    def quantize(self, state_dict: Mapping[str, Tensor], hessians: Mapping[str, Tensor] | None = None,
-                 roles: Mapping[str, str] | None = None) -> dict[str, QuantizedTensor]:
+    def quantize(
+        self,
+        state_dict: Mapping[str, Tensor],
+        hessians: Mapping[str, Tensor] | None = None,
+        roles: Mapping[str, str] | None = None,
+    ) -> dict[str, QuantizedTensor]:
         """Quantize every tensor (same keys, same order). `hessians` feeds `clip: gptq` rules; `roles`
         (parameter name → declared role) feeds rules with a `role` condition."""
         roles = self._check_roles(roles)
         self.report = QuantReport()
         pruned = self.prune({n: t.detach().to("cpu") for n, t in state_dict.items()})
-        return {name: self.quantize_tensor(name, t, (hessians or {}).get(name), roles.get(name))
-                for name, t in pruned.items()}
+        return {
+            name: self.quantize_tensor(name, t, (hessians or {}).get(name), roles.get(name))
+            for name, t in pruned.items()
+        }
 
-    def quantize_tensor(self, name: str, t: Tensor, hessian: Tensor | None = None,
-                        role: str | None = None) -> QuantizedTensor:
+    def quantize_tensor(
+        self, name: str, t: Tensor, hessian: Tensor | None = None, role: str | None = None
+    ) -> QuantizedTensor:
         t = t.detach().to("cpu").contiguous()
         shape, dtype = tuple(t.shape), dtype_name(t.dtype)
         if not t.is_floating_point():
@@ -254,8 +293,9 @@ class MixedQuantizer:
             self.report.clipped[name] = _count_clipped(t.float().reshape(1, -1), q.reshape(1, -1), scale.reshape(1))
             return QuantizedTensor("int8_tensor", shape, dtype, {"q": q, "scale": scale})
         if rule.record == "int8_row" and t.dim() == 0:
-            raise UserError(f"tensor {name!r} has no rows for record=int8_row (rule {rule.name!r}); "
-                             f"use record=int8_tensor")
+            raise UserError(
+                f"tensor {name!r} has no rows for record=int8_row (rule {rule.name!r}); use record=int8_tensor"
+            )
         rows = t.float().reshape(t.shape[0], -1) if t.dim() >= 1 else t.float().reshape(1, 1)
         q, scale, grid = self._int_rows(name, rows, rule, hessian)
         self.report.clipped[name] = _count_clipped(rows, q, grid)
@@ -263,20 +303,35 @@ class MixedQuantizer:
             return QuantizedTensor("int8_row", shape, dtype, {"q": q.reshape(shape), "scale": scale})
         return QuantizedTensor("intn_row", shape, dtype, {"q": q, "scale": scale}, {"bits": rule.bits})
 
-    def _int_rows(self, name: str, rows: Tensor, rule: QuantRule,
-                  hessian: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _int_rows(
+        self, name: str, rows: Tensor, rule: QuantRule, hessian: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(codes, stored scales, the scales the codes were rounded with)."""
         if rule.clip == "gptq" and hessian is not None:
             from paramgolf.quant.gptq import gptq_quantize
-            q, scale, info = gptq_quantize(rows, hessian.float(), rule.bits, block_size=self.gptq_block_size,
-                                           damp=self.gptq_damp, act_order=self.gptq_act_order,
-                                           quantiles=tuple(rule.clip_candidates), scale_floor=rule.scale_floor)
+
+            q, scale, info = gptq_quantize(
+                rows,
+                hessian.float(),
+                rule.bits,
+                block_size=self.gptq_block_size,
+                damp=self.gptq_damp,
+                act_order=self.gptq_act_order,
+                quantiles=tuple(rule.clip_candidates),
+                scale_floor=rule.scale_floor,
+            )
             self.report.info[name] = {"method": "gptq", **_jsonable(info)}
             return q, scale, scale
         if rule.clip in ("search", "gptq"):
             from paramgolf.quant.gptq import clip_search
-            q, scale, info = clip_search(rows, rule.bits, quantiles=tuple(rule.clip_candidates),
-                                         scale_floor=rule.scale_floor, per_row=rule.search_per_row)
+
+            q, scale, info = clip_search(
+                rows,
+                rule.bits,
+                quantiles=tuple(rule.clip_candidates),
+                scale_floor=rule.scale_floor,
+                per_row=rule.search_per_row,
+            )
             method = "search" if rule.clip == "search" else "search (no Hessian for gptq)"
             self.report.info[name] = {"method": method, **_jsonable(info)}
             return q, scale, scale
@@ -320,7 +375,9 @@ def rtn_rows(rows: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None 
     return q, scale
 
 
-def _rtn_rows(rows: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def _rtn_rows(
+    rows: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """`rtn_rows` plus the scales the codes were rounded with (fp32 under scale_rounding=after)."""
     if rule.clip == "rowmax":
         clip = row_abs_max(rows)
@@ -396,9 +453,13 @@ def pack_state(qstate: Mapping[str, QuantizedTensor]) -> dict[str, QuantizedTens
     for name, qt in qstate.items():
         if qt.scheme == "intn_row" and int(qt.meta.get("bits", 8)) < 8:
             bits = int(qt.meta["bits"])
-            out[name] = QuantizedTensor("intn_row_packed", qt.shape, qt.dtype,
-                                        {"packed": pack_codes(qt.tensors["q"], bits), "scale": qt.tensors["scale"]},
-                                        dict(qt.meta))
+            out[name] = QuantizedTensor(
+                "intn_row_packed",
+                qt.shape,
+                qt.dtype,
+                {"packed": pack_codes(qt.tensors["q"], bits), "scale": qt.tensors["scale"]},
+                dict(qt.meta),
+            )
         else:
             out[name] = qt
     return out

@@ -6,6 +6,7 @@ containers compress smaller depends on the codec (an entropy coder already squee
 unused high bits of an int8 container, and byte alignment helps its models), so the exporter
 measures both (`quant.packing=auto`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,7 @@ from paramgolf.quant.intn import qmax
 def pack_codes(q: Tensor, bits: int) -> Tensor:
     """uint8 bit stream of the int8 codes `q` (any shape; flattened)."""
     m = qmax(bits)
-    u = (q.reshape(-1).to(torch.int64) + m)
+    u = q.reshape(-1).to(torch.int64) + m
     if u.numel() and (int(u.min()) < 0 or int(u.max()) >= 2**bits):
         raise RuntimeError(f"codes outside the {bits}-bit range ±{m}")
     pad = (-u.numel()) % 8

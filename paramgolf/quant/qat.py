@@ -10,9 +10,11 @@ gradients straight through to the fp32 weight. The model code only offers the ge
 Under torch.compile the first enabled step recompiles the model once (the slot is guarded), so
 QAT really runs — unlike a class-level flag that the compiler folds into a constant.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -23,8 +25,14 @@ from paramgolf.model.layers import CastedLinear
 class QAT:
     """Train hook switching fake quantization on (once) when the LR scale falls below a threshold."""
 
-    def __init__(self, model: nn.Module, quantizer, start_lr_scale: float | None = 0.15,
-                 say: Callable[[str], None] | None = None, after_step: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        quantizer,
+        start_lr_scale: float | None = 0.15,
+        say: Callable[[str], None] | None = None,
+        after_step: int = 0,
+    ) -> None:
         self.check(quantizer, start_lr_scale)
         self.model, self.quantizer, self.start_lr_scale = model, quantizer, start_lr_scale
         self.after_step = after_step  # an LR warm-up's low scales are not the late phase
@@ -36,8 +44,10 @@ class QAT:
     def check(quantizer, start_lr_scale: float | None) -> None:
         """ValueError unless QAT can run with this quantizer and threshold."""
         if not hasattr(quantizer, "fake_quantizer"):
-            raise UserError(f"quant.qat.enabled=true needs a rule-table quantizer (e.g. quant=int6_rtn); "
-                             f"quant.quantizer is {type(quantizer).__name__}")
+            raise UserError(
+                f"quant.qat.enabled=true needs a rule-table quantizer (e.g. quant=int6_rtn); "
+                f"quant.quantizer is {type(quantizer).__name__}"
+            )
         if start_lr_scale is not None and not 0.0 < start_lr_scale <= 1.0:
             raise UserError(f"quant.qat.start_lr_scale={start_lr_scale} must be in (0, 1] or null (from the start)")
 
@@ -64,3 +74,23 @@ class QAT:
 
     def on_step_end(self, info) -> None:
         pass
+
+
+@dataclass
+class LateQAT:
+    """QAT as a run plans it (config `quant.qat`): fake quantization from the first step whose LR scale is
+    below `start_lr_scale` (None: from step 0), not before step `after_step` (the end of any LR warm-up)."""
+
+    start_lr_scale: float | None
+    after_step: int = 0
+
+    @classmethod
+    def plan(cls, quantizer, *, enabled: bool, start_lr_scale: float | None, after_step: int = 0) -> LateQAT | None:
+        """The QAT of a run from `quant.qat` (None when off), checked against the export's quantizer."""
+        if not enabled:
+            return None
+        QAT.check(quantizer, start_lr_scale)
+        return cls(start_lr_scale, after_step)
+
+    def hook(self, model: nn.Module, quantizer, say: Callable[[str], None] | None = None) -> QAT:
+        return QAT(model, quantizer, self.start_lr_scale, say, after_step=self.after_step)

@@ -11,10 +11,12 @@ here and nowhere else: importing this module (as the artifact reader does) is al
 it takes to read any artifact, and the code-bytes count (the import closure of the
 reader) includes every dequantizer. A new scheme is a new entry in that table.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor

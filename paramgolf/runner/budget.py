@@ -1,28 +1,22 @@
 """The budget before training: parameters, code bytes and the artifact-size estimate.
 
-The compressed size of int8 weights depends on how large the trained weights are (rows whose
-max stays below 1 hit the 1/127 scale floor and compress better), so the estimate predicts
-each tensor's trained RMS from the optimizer rules and the schedule:
-
-    trained = init + drift,   rms(drift) = κ · lr · u · sqrt(Σ_t s_t²)
-
-(the surrogate adds Student-t drift of that RMS to the model's real initial weights): a random walk of per-step updates of size lr·u (Muon: u = sqrt(max(1, r/c)) / sqrt(max(r, c)),
-the per-element RMS of its scaled orthogonal update; Adam: u = 1) under the LR scales s_t, with
-a persistence factor κ for how much consecutive updates agree. κ_muon = 2.5 and κ_adam = 0.65
-were measured on the 200-step smoke run; for the baseline they put matrices at RMS ≈ 0.6, past
-the scale floor, the regime its published 15,815,847-byte int8+zlib model implies.
+Each tensor's trained RMS is predicted from the optimizer rules and the LR schedule (a random
+walk of per-step updates, see docs/budget-estimate.md), because int8 rows that stay small
+compress better.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
+from paramgolf.model.training import artifact_view
 from paramgolf.optim.groups import as_rule, assign_params
 from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import codec_candidates, codec_table, estimate_model_bytes, surrogate_state_dict
-from paramgolf.model.training import artifact_view
 from paramgolf.runner.build import count_params
 from paramgolf.runner.plan import build_plan, lr_schedule_for
 
@@ -41,8 +35,9 @@ def assumed_steps(train: Mapping[str, Any]) -> int:
     return int(train.get("expected_steps") or train["iterations"])
 
 
-def expected_drift_rms(model: nn.Module, optimizer_cfg: Mapping[str, Any],
-                       train: Mapping[str, Any]) -> dict[str, float]:
+def expected_drift_rms(
+    model: nn.Module, optimizer_cfg: Mapping[str, Any], train: Mapping[str, Any]
+) -> dict[str, float]:
     """Predicted RMS of every parameter's change during training (see the module docstring)."""
     walk = math.sqrt(lr_scale_square_sum(train))
     rules = [as_rule(r) for r in optimizer_cfg["rules"]]
@@ -68,12 +63,11 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
     plan = build_plan(c, world_size=int(c["train"]["nproc_per_node"]))
     model, quantizer, codec = plan.model, plan.export.quantizer, plan.export.codec
     counts = count_params(model)
-    code = code_bytes(plan.code_roots)
+    code = code_bytes(plan.scoring.code_roots)
     drift = expected_drift_rms(model, c["optimizer"], c["train"])
     arch, state = artifact_view(c["arch"], model.state_dict())  # training-only parts never reach the artifact
     roles = model.parameter_roles()
-    est = estimate_model_bytes(state, quantizer, codec, arch, seed=0, matrix_rms=drift, init_weights=state,
-                               roles=roles)
+    est = estimate_model_bytes(state, quantizer, codec, arch, seed=0, matrix_rms=drift, init_weights=state, roles=roles)
     total = code + est.model_bytes
     out = {
         "name": c["name"],

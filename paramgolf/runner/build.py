@@ -1,8 +1,10 @@
 """Building the configured model and the pieces around it, in one place for train/eval/budget."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -42,6 +44,7 @@ def _check_targets(node: Any, path: str = "arch") -> None:
 def build_model(arch: Mapping[str, Any]) -> nn.Module:
     """Instantiate the model described by a resolved `arch` config (a plain dict or DictConfig)."""
     from omegaconf import DictConfig, OmegaConf
+
     if isinstance(arch, DictConfig):
         arch = OmegaConf.to_container(arch, resolve=True)
     _check_targets(arch)
@@ -57,6 +60,7 @@ def instantiate_unwrapped(node: Any, *args: Any) -> Any:
     """
     from hydra.errors import HydraException, InstantiationException
     from omegaconf.errors import OmegaConfBaseException
+
     try:
         return instantiate(node, *args, _convert_="all")
     except InstantiationException as exc:
@@ -82,10 +86,20 @@ def count_params(model: nn.Module) -> dict[str, int]:
 def code_roots(cfg_container: Mapping[str, Any]) -> list[str]:
     """Modules whose import closure is the code needed to build and evaluate the model."""
     from paramgolf.quant.accounting import roots_from_config
+
     c = cfg_container
-    roots = set(roots_from_config({"arch": c["arch"], "quantizer": c["quant"]["quantizer"],
-                                   "codec": c["quant"]["codec"], "eval": c["eval"], "ttt": c["ttt"],
-                                   "eval_cache": c["eval_cache"]}))
+    roots = set(
+        roots_from_config(
+            {
+                "arch": c["arch"],
+                "quantizer": c["quant"]["quantizer"],
+                "codec": c["quant"]["codec"],
+                "eval": c["eval"],
+                "ttt": c["ttt"],
+                "eval_cache": c["eval_cache"],
+            }
+        )
+    )
     roots.update(EVAL_MODULES)
     return sorted(roots)
 
@@ -123,7 +137,6 @@ def prepare_for_device(model: nn.Module, device: torch.device, bf16_embeddings: 
 
 def build_optimizer_for(model: nn.Module, optimizer_cfg: Mapping[str, Any]):
     """The configured OptimizerSet over the model's parameters (with per-parameter use counts)."""
-    return instantiate(optimizer_cfg)(list(model.named_parameters()), param_uses=model.parameter_uses(),
-                                      param_roles=model.parameter_roles())
-
-
+    return instantiate(optimizer_cfg)(
+        list(model.named_parameters()), param_uses=model.parameter_uses(), param_roles=model.parameter_roles()
+    )

@@ -1,4 +1,5 @@
 """Process-group set-up and the explicit collectives of the train loop."""
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,9 @@ def init_distributed(rank: int, world_size: int, device_spec: str, timeout_s: fl
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         preload_group_default_modules()
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s), **kwargs
+        )
     return DistEnv(rank, world_size, local_rank, device)
 
 
@@ -111,7 +113,7 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> N
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
 
@@ -135,4 +137,3 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-

@@ -1,10 +1,12 @@
 """Process model: torchrun ranks, in-job elastic workers, or one plain process — all call `run`."""
+
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from paramgolf.runner.pipeline import run
 from paramgolf.runner.plan import RunPlan
@@ -35,13 +37,22 @@ def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None) -
     if cfg["train"]["device"] == "cpu" or not _cuda():
         # Share the cores between workers instead of oversubscribing them.
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"paramgolf-{uuid.uuid4().hex[:8]}",
-                      rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                      start_method="spawn", monitor_interval=0.5)
+    lc = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"paramgolf-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        start_method="spawn",
+        monitor_interval=0.5,
+    )
     results = elastic_launch(lc, _worker)(dict(cfg), str(run_dir))
     return int(results.get(0, 0) or 0)
 
 
 def _cuda() -> bool:
     import torch
+
     return torch.cuda.is_available()

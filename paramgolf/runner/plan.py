@@ -5,16 +5,19 @@ building each component here runs its own argument checks, and the few checks th
 components (batch divisibility, optimizer rules covering every parameter, QAT's quantizer)
 run once, before any data is read. The stages then receive built objects, never the config.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from paramgolf.errors import UserError
-from paramgolf.quant.qat import QAT
+from paramgolf.quant.calibration import CalibrationData
+from paramgolf.quant.qat import LateQAT
 from paramgolf.quant.recipe import ExportRecipe
 from paramgolf.runner.build import build_model, code_roots, instantiate_unwrapped
 from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
@@ -23,6 +26,7 @@ from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
 @dataclass
 class Runtime:
     """Where and how the run computes (the `train` keys that are not the training recipe)."""
+
     device: str  # auto | cpu | cuda
     autocast: str  # auto | bf16 | none
     compile: str  # auto | true | false
@@ -33,39 +37,62 @@ class Runtime:
 
 
 @dataclass
-class QATSettings:
-    start_lr_scale: float | None  # None: from the first step
-    after_step: int  # not during an LR warm-up
+class Training:
+    """What the train stage runs: the optimizer over the model's parameters, the loop and its hooks."""
+
+    optimizer: Callable[..., Any]  # (named_params, param_uses=, param_roles=) -> OptimizerSet
+    loop: LoopSettings  # its wallclock cap may keep some seconds for GPTQ calibration
+    averaging: Any
+    qat: LateQAT | None  # None: no QAT
+    quantizer: Any  # what QAT fake-quantizes with (the export's)
+    full_cap_s: float | None  # the configured wallclock cap
+
+
+@dataclass
+class Scoring:
+    """What the score stage needs besides the artifact: the evaluation components and the byte budget."""
+
+    evaluator: Any  # the `eval` group: which windows are scored
+    ttt: Any
+    eval_cache: Any
+    code_roots: list[str]  # modules whose import closure is counted in code_bytes
+    budget_bytes: int
+    selected_on_validation: bool  # the exported weights were picked by their validation score
 
 
 @dataclass
 class RunPlan:
     """The built components of one run (on one process)."""
+
     name: str
     seed: int
-    budget_bytes: int
     config: dict[str, Any]  # resolved: saved in results.json and sent to the logger
     data: Any  # a data source: .resolve() -> DatasetInfo
     model: nn.Module  # the seeded initial weights, on the CPU
     vocab_size: int
-    optimizer: Callable[..., Any]  # (named_params, param_uses=, param_roles=) -> OptimizerSet
-    loop: LoopSettings
     runtime: Runtime
-    averaging: Any
-    qat: QATSettings | None  # None: no QAT
-    export: ExportRecipe  # quantizer, codec, packing, GPTQ calibration
-    wallclock_cap_s: float | None  # the full cap (loop.max_wallclock_seconds may keep some for calibration)
-    evaluator: Any
-    ttt: Any
-    eval_cache: Any
+    training: Training
+    export: ExportRecipe  # quantizer, codec, packing, GPTQ calibration, the artifact's architecture
+    scoring: Scoring
     logger: Any
-    code_roots: list[str]
+
+    def calibration_data(self, train_files: list, device: Any, autocast_dtype: Any) -> CalibrationData:
+        return CalibrationData(
+            train_files,
+            self.training.loop.seq_len,
+            self.runtime.loader_seed,
+            self.vocab_size,
+            self.seed,
+            device,
+            autocast_dtype,
+        )
 
 
 def lr_schedule_for(train: Mapping[str, Any]) -> Callable[[int, float], float]:
     """The configured LR schedule, completed with the run's iterations and wallclock cap."""
-    return instantiate_unwrapped(train["schedule"])(iterations=train["iterations"],
-                                                    max_wallclock_s=train["max_wallclock_seconds"])
+    return instantiate_unwrapped(train["schedule"])(
+        iterations=train["iterations"], max_wallclock_s=train["max_wallclock_seconds"]
+    )
 
 
 def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
@@ -78,17 +105,26 @@ def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
     if cap is not None and cap < 0:
         raise UserError(f"train.max_wallclock_seconds={cap} must be ≥ 0 (0 or null: no cap)")
     schedule = lr_schedule_for(t)
-    return LoopSettings(iterations=t["iterations"], batch_tokens=t["batch_tokens"], seq_len=t["seq_len"],
-                        micro_batches=t["micro_batches"], warmup_steps=t["warmup_steps"],
-                        max_wallclock_seconds=cap, val_every=t["val_every"], log_every=t["log_every"],
-                        lr_schedule=schedule)
+    return LoopSettings(
+        iterations=t["iterations"],
+        batch_tokens=t["batch_tokens"],
+        seq_len=t["seq_len"],
+        micro_batches=t["micro_batches"],
+        warmup_steps=t["warmup_steps"],
+        max_wallclock_seconds=cap,
+        val_every=t["val_every"],
+        log_every=t["log_every"],
+        lr_schedule=schedule,
+    )
 
 
 def dry_run_optimizer(optimizer: Callable[..., Any], model: nn.Module) -> None:
     """Check the optimizer's options and that its rules cover every parameter, on meta-device stand-ins
     (the real optimizer is built on the training device: Muon picks its dtype and banks there)."""
-    stand_ins = [(n, nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad))
-                 for n, p in model.named_parameters()]
+    stand_ins = [
+        (n, nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad))
+        for n, p in model.named_parameters()
+    ]
     optimizer(stand_ins, param_uses=model.parameter_uses(), param_roles=model.parameter_roles())
 
 
@@ -109,21 +145,44 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
     model = build_model(c["arch"])
     optimizer = instantiate_unwrapped(c["optimizer"])
     dry_run_optimizer(optimizer, model)
-    export = ExportRecipe(instantiate_unwrapped(q["quantizer"]), instantiate_unwrapped(q["codec"]), q["packing"],
-                          instantiate_unwrapped({"_target_": "paramgolf.quant.calibration.Calibration",
-                                                 **q["calibration"]}))
-    qat = None
-    if q["qat"]["enabled"]:
-        QAT.check(export.quantizer, q["qat"]["start_lr_scale"])
-        qat = QATSettings(q["qat"]["start_lr_scale"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
+    export = ExportRecipe(
+        instantiate_unwrapped(q["quantizer"]),
+        instantiate_unwrapped(q["codec"]),
+        q["packing"],
+        instantiate_unwrapped(q["calibration"]),
+        arch=c["arch"],
+    )
+    qat = LateQAT.plan(export.quantizer, **q["qat"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
     cap = loop.max_wallclock_seconds
     loop.max_wallclock_seconds = export.training_cap(cap)
-    runtime = Runtime(device=t["device"], autocast=t["autocast"], compile=str(t["compile"]),
-                      bf16_embeddings=t["bf16_embeddings"], collective_timeout_s=t["collective_timeout_s"],
-                      loader_seed=t["loader_seed"], progress=t["progress"])
+    export.wallclock_cap_s = cap
+    runtime = Runtime(
+        device=t["device"],
+        autocast=t["autocast"],
+        compile=str(t["compile"]),
+        bf16_embeddings=t["bf16_embeddings"],
+        collective_timeout_s=t["collective_timeout_s"],
+        loader_seed=t["loader_seed"],
+        progress=t["progress"],
+    )
+    averaging = instantiate_unwrapped(t["averaging"])
     return RunPlan(
-        name=c["name"], seed=c["seed"], budget_bytes=c["budget_bytes"], config=dict(c),
-        data=instantiate_unwrapped(c["data"]), model=model, vocab_size=c["arch"]["vocab_size"],
-        optimizer=optimizer, loop=loop, runtime=runtime, averaging=instantiate_unwrapped(t["averaging"]),
-        qat=qat, export=export, wallclock_cap_s=cap, evaluator=evaluator, ttt=instantiate_unwrapped(c["ttt"]), eval_cache=instantiate_unwrapped(c["eval_cache"]),
-        logger=instantiate_unwrapped(c["logger"]), code_roots=code_roots(c))
+        name=c["name"],
+        seed=c["seed"],
+        config=dict(c),
+        data=instantiate_unwrapped(c["data"]),
+        model=model,
+        vocab_size=c["arch"]["vocab_size"],
+        runtime=runtime,
+        training=Training(optimizer, loop, averaging, qat, export.quantizer, full_cap_s=cap),
+        export=export,
+        scoring=Scoring(
+            evaluator,
+            instantiate_unwrapped(c["ttt"]),
+            instantiate_unwrapped(c["eval_cache"]),
+            code_roots(c),
+            c["budget_bytes"],
+            selected_on_validation=averaging.selects_on_validation,
+        ),
+        logger=instantiate_unwrapped(c["logger"]),
+    )

@@ -5,11 +5,13 @@ tree do not leak in; overrides may change how the model is evaluated and exporte
 `quant`, `ttt`, `eval_cache`, `data`, `budget_bytes`, `train.device`, `train.autocast`), never
 what was trained — the artifact defines the model.
 """
+
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -17,7 +19,6 @@ from omegaconf import OmegaConf
 from paramgolf.config.compose import compose, to_container
 from paramgolf.errors import UserError
 from paramgolf.quant.artifact import load_weights
-from paramgolf.quant.recipe import CalibrationData
 from paramgolf.runner import distributed as D
 from paramgolf.runner import stages as S
 from paramgolf.runner.build import resolve_autocast
@@ -37,9 +38,11 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         key = _key(o)
         if key.split(".")[0] in EVAL_GROUPS or key in EVAL_TRAIN_KEYS:
             continue
-        raise UserError(f"override {o!r} would change what was trained; paramgolf-eval only changes how the "
-                         f"artifact is evaluated or exported ({', '.join(EVAL_GROUPS + EVAL_TRAIN_KEYS)}). "
-                         f"Train a new run for it.")
+        raise UserError(
+            f"override {o!r} would change what was trained; paramgolf-eval only changes how the "
+            f"artifact is evaluated or exported ({', '.join(EVAL_GROUPS + EVAL_TRAIN_KEYS)}). "
+            f"Train a new run for it."
+        )
 
 
 def requantizes(overrides: Sequence[str]) -> bool:
@@ -83,36 +86,44 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     out_dir = Path(out_dir) if out_dir else run_dir / "evals" / stamp
     src = read_results(run_dir) if (run_dir / "results.json").is_file() else {}
     env = D.init_distributed(0, 1, plan.runtime.device, plan.runtime.collective_timeout_s)
-    info = S.run_info(plan.name, plan.seed, plan.budget_bytes, c, env, source_run=str(run_dir), overrides=overrides,
-                      source_git_commit=src.get("git_commit"), requantized=requantize)
+    info = S.run_info(
+        plan,
+        env,
+        source_run=str(run_dir),
+        overrides=overrides,
+        source_git_commit=src.get("git_commit"),
+        requantized=requantize,
+    )
     info.world_size = src.get("world_size", info.world_size)  # the world the artifact was trained in
     out = S.RunOutput(out_dir, info, env, metrics=False, logfile=None)
     res = out.results
     if "params" in src:
         res.model = ModelInfo(params=src["params"], params_by_group=src.get("params_by_group") or {})
-    res.train = TrainInfo(steps=src.get("steps"), train_time_s=src.get("train_time_s"),
-                          stopped_by=src.get("stopped_by"))
-    res.averaging = AveragingInfo(pre_quant_val_bpb=src.get("pre_quant_val_bpb"),
-                                  pre_quant_val_loss=src.get("pre_quant_val_loss"))
+    res.train = TrainInfo(
+        steps=src.get("steps"), train_time_s=src.get("train_time_s"), stopped_by=src.get("stopped_by")
+    )
+    res.averaging = AveragingInfo(
+        pre_quant_val_bpb=src.get("pre_quant_val_bpb"), pre_quant_val_loss=src.get("pre_quant_val_loss")
+    )
     autocast = resolve_autocast(plan.runtime.autocast, env.device)
     try:
         with out.stage("data"):
-            data, res.data = S.load_data(plan.data, plan.evaluator, plan.vocab_size, env.device)
+            data, res.data = S.load_data(plan.data, plan.scoring.evaluator, plan.vocab_size, env.device)
         if requantize:
             with out.stage("export"):
                 weights = run_dir / S.WEIGHTS_FILE
                 state, _ = load_weights(weights)
                 model = plan.model
                 model.load_state_dict(state, strict=True)
-                cal = CalibrationData(data.dataset.train_files, plan.loop.seq_len, plan.runtime.loader_seed,
-                                      plan.vocab_size, plan.seed, env.device, autocast)
+                cal = plan.calibration_data(data.dataset.train_files, env.device, autocast)
                 artifact = out_dir / S.ARTIFACT_FILE
-                res.export = S.export(plan.export, state, c["arch"], artifact, {"requantized_from": str(weights)},
-                                      out, model=model.to(env.device), calibration=cal)
+                meta = {"requantized_from": str(weights)}
+                res.export = S.export(
+                    plan.export, state, artifact, out, meta=meta, model=model.to(env.device), calibration=cal
+                )
         with out.stage("score"):
-            res.score = S.score_stage(artifact, S.Scorer(plan.evaluator, data.val, env, autocast), plan.ttt,
-                                      plan.eval_cache, plan.code_roots, plan.budget_bytes, out,
-                                      selected_on_validation=plan.averaging.selects_on_validation, step=0)
+            score = S.Scorer(plan.scoring.evaluator, data.val, env, autocast)
+            res.score = S.score_stage(artifact, score, plan.scoring, out, step=0)
         return S.report(out)
     finally:
         out.close()

@@ -4,15 +4,17 @@ The file is flat (`val_bpb`, `artifact_bytes`, … at the top level, DESIGN.md);
 its own section and the file is rewritten after every stage, so a run that dies keeps what it
 finished. Fields are slots: a misspelt key is an AttributeError, not a silent new key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from paramgolf.fsio import to_jsonable, write_atomic
 
@@ -25,6 +27,7 @@ section = dataclass(slots=True, kw_only=True)
 @section
 class RunInfo:
     """Who ran what: identifies the run and its environment."""
+
     name: str
     seed: int
     budget_bytes: int
@@ -114,6 +117,7 @@ SECTIONS = (RunInfo, DataInfo, ModelInfo, TrainInfo, AveragingInfo, ExportInfo, 
 @dataclass(slots=True)
 class Results:
     """Everything results.json holds; sections a run did not reach stay None (their keys absent)."""
+
     run: RunInfo
     status: str = "running"  # running | ok | over_budget | failed
     error: str | None = None
@@ -170,10 +174,16 @@ def git_commit(repo_dir: Path | None = None) -> str | None:
     """The checkout's commit (with '-dirty' when there are uncommitted changes), or None."""
     cwd = repo_dir or Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -3,13 +3,15 @@
 Each stage takes the built components it needs and what the stages before it produced, and
 returns its products plus its section of results.json. `paramgolf-eval` reuses export and score.
 """
+
 from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,14 +25,25 @@ from paramgolf.evaluation.bpb import EvalResult
 from paramgolf.fsio import write_atomic
 from paramgolf.model.training import artifact_view
 from paramgolf.quant.accounting import code_bytes as measure_code_bytes
-from paramgolf.quant.artifact import read_artifact, save_weights
+from paramgolf.quant.artifact import read_artifact
 from paramgolf.quant.recipe import CalibrationData, ExportRecipe
 from paramgolf.runner import distributed as D
 from paramgolf.runner.build import build_model, count_params, prepare_for_device, resolve_autocast, resolve_compile
-from paramgolf.runner.plan import QATSettings, Runtime
-from paramgolf.runner.results import (ArtifactInfo, AveragingInfo, DataInfo, ExportInfo, ModelInfo, Results,
-                                      ResultsFile, RunInfo, ScoreInfo, TrainInfo, git_commit)
-from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer, TrainSummary
+from paramgolf.runner.plan import RunPlan, Runtime, Scoring, Training
+from paramgolf.runner.results import (
+    ArtifactInfo,
+    AveragingInfo,
+    DataInfo,
+    ExportInfo,
+    ModelInfo,
+    Results,
+    ResultsFile,
+    RunInfo,
+    ScoreInfo,
+    TrainInfo,
+    git_commit,
+)
+from paramgolf.runner.train_loop import StepInfo, Trainer, TrainSummary
 from paramgolf.tracking.base import Logger, NullLogger
 from paramgolf.tracking.jsonl import MetricsJSONL
 from paramgolf.tracking.progress import TrainProgress, format_summary
@@ -44,8 +57,15 @@ class RunOutput:
     """Everything a run writes, on rank 0 only: console and train.log lines, metrics.jsonl and the
     logger, and results.json (rewritten after every stage; `stage(name)` records a failure)."""
 
-    def __init__(self, out_dir: Path, run: RunInfo, env: D.DistEnv, logger: Logger | None = None,
-                 metrics: bool = True, logfile: str | None = "train.log"):
+    def __init__(
+        self,
+        out_dir: Path,
+        run: RunInfo,
+        env: D.DistEnv,
+        logger: Logger | None = None,
+        metrics: bool = True,
+        logfile: str | None = "train.log",
+    ):
         self.main = env.is_main
         self.logger = logger if (logger is not None and self.main) else NullLogger()
         if self.main:
@@ -72,22 +92,44 @@ class RunOutput:
     def stage(self, name: str):
         return self.file.stage(name)
 
+    def start_logger(self, run_dir: Path, job_type: str = "train") -> None:
+        run = self.results.run
+        self.logger.start(
+            run_dir=run_dir,
+            config=run.config,
+            run_name=f"{run.name}-s{run.seed}",
+            group=run.name,
+            job_type=job_type,
+            tags=[],
+        )
+
     def close(self) -> None:
         self.logger.finish(exit_code=0 if self.results.status == "ok" else 1)
         self.logger = NullLogger()
 
 
-def run_info(name: str, seed: int, budget_bytes: int, config: dict[str, Any], env: D.DistEnv, **extra) -> RunInfo:
-    return RunInfo(name=name, seed=seed, budget_bytes=budget_bytes, git_commit=git_commit(),
-                   world_size=env.world_size, device=str(env.device), torch_version=torch.__version__,
-                   python=platform.python_version(), config=config, **extra)
+def run_info(plan: RunPlan, env: D.DistEnv, **extra: Any) -> RunInfo:
+    return RunInfo(
+        name=plan.name,
+        seed=plan.seed,
+        budget_bytes=plan.scoring.budget_bytes,
+        git_commit=git_commit(),
+        world_size=env.world_size,
+        device=str(env.device),
+        torch_version=torch.__version__,
+        python=platform.python_version(),
+        config=plan.config,
+        **extra,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
 
+
 @dataclass
 class Validation:
     """The validation split and the tokens the evaluation method scores from it."""
+
     tokens: torch.Tensor  # what the method reads (the official range, or the whole split)
     num_split_tokens: int
     num_split_bytes: int  # scored bytes of the whole split: positions 1..
@@ -107,17 +149,25 @@ def load_data(source: Any, evaluator: Any, vocab_size: int, device: torch.device
     byte_table = build_byte_table(load_tokenizer(ds.tokenizer_path), table_size=vocab_size)
     split = ds.validation_tokens(1)
     check_token_ids(ds, split, vocab_size)
-    val = Validation(evaluator.scored_tokens(split), int(split.numel()), byte_table.count_stream(split),
-                     byte_table.to(device))
-    info = DataInfo(dataset=ds.name, dataset_dir=str(ds.data_dir), tokenizer_sha256=file_sha256(ds.tokenizer_path),
-                    val_shards_sha256=files_sha256(ds.val_files), num_val_tokens=val.num_split_tokens,
-                    num_val_bytes=val.num_split_bytes, entropy_floor_bpb=ds.entropy_bits_per_byte)
+    val = Validation(
+        evaluator.scored_tokens(split), int(split.numel()), byte_table.count_stream(split), byte_table.to(device)
+    )
+    info = DataInfo(
+        dataset=ds.name,
+        dataset_dir=str(ds.data_dir),
+        tokenizer_sha256=file_sha256(ds.tokenizer_path),
+        val_shards_sha256=files_sha256(ds.val_files),
+        num_val_tokens=val.num_split_tokens,
+        num_val_bytes=val.num_split_bytes,
+        entropy_floor_bpb=ds.entropy_bits_per_byte,
+    )
     return RunData(ds, val), info
 
 
 @dataclass
 class Scorer:
     """Scores a model on the validation tokens with the configured method, over every rank."""
+
     evaluator: Any
     val: Validation
     env: D.DistEnv
@@ -125,12 +175,20 @@ class Scorer:
 
     def __call__(self, model: nn.Module, progress: bool | None = None) -> EvalResult:
         show = self.evaluator.progress if progress is None else progress
-        return self.evaluator(model, self.val.tokens, self.val.byte_table, device=self.env.device,
-                              rank=self.env.rank, world_size=self.env.world_size,
-                              autocast_dtype=self.autocast_dtype, progress=show and self.env.is_main)
+        return self.evaluator(
+            model,
+            self.val.tokens,
+            self.val.byte_table,
+            device=self.env.device,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            autocast_dtype=self.autocast_dtype,
+            progress=show and self.env.is_main,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- model
+
 
 @dataclass
 class PlacedModel:
@@ -154,6 +212,7 @@ def place_model(model: nn.Module, runtime: Runtime, env: D.DistEnv) -> tuple[Pla
 
 # ---------------------------------------------------------------------------------------------- train
 
+
 class _AveragingHook:
     def __init__(self, averaging, model):
         self.averaging, self.model = averaging, model
@@ -165,39 +224,54 @@ class _AveragingHook:
         self.averaging.update(self.model, info.step, info.lr_scale)
 
 
-def train(placed: PlacedModel, optimizer: Callable[..., Any], loop: LoopSettings, averaging: Any,
-          qat: QATSettings | None, quantizer: Any, train_files: list[Path], runtime: Runtime, env: D.DistEnv,
-          out: RunOutput, validate: Callable[[int], None] | None = None,
-          full_cap_s: float | None = None) -> tuple[TrainSummary, TrainInfo]:
-    """The train loop with its hooks (QAT, weight averaging), progress and metrics.
-
-    `full_cap_s`: the configured wallclock cap when `loop` stops earlier to leave time for calibration.
-    """
-    model = placed.model
-    optimizers = optimizer(list(model.named_parameters()), param_uses=model.parameter_uses(),
-                           param_roles=model.parameter_roles())
+def train(
+    placed: PlacedModel,
+    training: Training,
+    train_files: list[Path],
+    runtime: Runtime,
+    env: D.DistEnv,
+    out: RunOutput,
+    validate: Callable[[int], None] | None = None,
+) -> tuple[TrainSummary, TrainInfo]:
+    """The train loop with its hooks (QAT, weight averaging), progress and metrics."""
+    model, loop, averaging, full_cap_s = placed.model, training.loop, training.averaging, training.full_cap_s
+    optimizer, qat = training.optimizer, training.qat
+    optimizers = optimizer(
+        list(model.named_parameters()), param_uses=model.parameter_uses(), param_roles=model.parameter_roles()
+    )
     for g in optimizers.param_groups_summary():
         if g["num_tensors"]:
-            out.say(f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
-                    f"tensors={g['num_tensors']} params={g['num_params']:,}")
-    reserved = (full_cap_s - loop.max_wallclock_seconds) if full_cap_s and loop.max_wallclock_seconds != full_cap_s \
-        else None
+            out.say(
+                f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
+                f"tensors={g['num_tensors']} params={g['num_params']:,}"
+            )
+    reserved = (
+        (full_cap_s - loop.max_wallclock_seconds) if full_cap_s and loop.max_wallclock_seconds != full_cap_s else None
+    )
     if reserved:
-        out.say(f"wallclock: training stops at {loop.max_wallclock_seconds:.0f}s, {reserved:.0f}s kept for GPTQ "
-                f"calibration")
+        out.say(
+            f"wallclock: training stops at {loop.max_wallclock_seconds:.0f}s, {reserved:.0f}s kept for GPTQ calibration"
+        )
     if qat is not None:
-        from paramgolf.quant.qat import QAT
-        qat = QAT(model, quantizer, qat.start_lr_scale, out.say, after_step=qat.after_step)
+        qat = qat.hook(model, training.quantizer, out.say)
     hooks = ([qat] if qat is not None else []) + [_AveragingHook(averaging, model)]
-    trainer = Trainer(model, placed.train_model, optimizers,
-                      lambda: DistributedTokenLoader(train_files, env.rank, env.world_size, seed=runtime.loader_seed),
-                      loop, env, placed.autocast_dtype, hooks=hooks)
+    trainer = Trainer(
+        model,
+        placed.train_model,
+        optimizers,
+        lambda: DistributedTokenLoader(train_files, env.rank, env.world_size, seed=runtime.loader_seed),
+        loop,
+        env,
+        placed.autocast_dtype,
+        hooks=hooks,
+    )
     if loop.warmup_steps:
         out.say(f"warm-up: {loop.warmup_steps} steps (rolled back)")
     trainer.warm_up()
     averaging.update(model, 0)  # averaging starts from the (rolled-back) initial weights
-    progress = TrainProgress(loop.iterations, enabled=env.is_main and runtime.progress,
-                             max_seconds=loop.max_wallclock_seconds or None)  # 0: no cap
+    progress = TrainProgress(
+        loop.iterations, enabled=env.is_main and runtime.progress, max_seconds=loop.max_wallclock_seconds or None
+    )  # 0: no cap
     last_loss = float("nan")
 
     def on_log(info: StepInfo) -> None:
@@ -205,21 +279,35 @@ def train(placed: PlacedModel, optimizer: Callable[..., Any], loop: LoopSettings
         tps = info.tokens / max(info.elapsed_s, 1e-9)
         if info.loss is not None:
             last_loss = info.loss
-            out.log({"train/loss": info.loss, "train/lr_scale": info.lr_scale, "train/tokens_per_s": tps,
-                     "train/time_s": info.elapsed_s}, info.step)
+            out.log(
+                {
+                    "train/loss": info.loss,
+                    "train/lr_scale": info.lr_scale,
+                    "train/tokens_per_s": tps,
+                    "train/time_s": info.elapsed_s,
+                },
+                info.step,
+            )
         progress.update(info.step, last_loss, tps, info.elapsed_s)
 
     summary = trainer.train(validate=validate, on_log=on_log)
     progress.close()
-    info = TrainInfo(steps=summary.steps, train_time_s=summary.train_time_s, stopped_by=summary.stopped_by,
-                     tokens_seen=summary.tokens_seen, train_tokens_per_s=summary.tokens_per_s,
-                     final_train_loss=summary.last_loss, calibration_reserved_s=reserved)
+    info = TrainInfo(
+        steps=summary.steps,
+        train_time_s=summary.train_time_s,
+        stopped_by=summary.stopped_by,
+        tokens_seen=summary.tokens_seen,
+        train_tokens_per_s=summary.tokens_per_s,
+        final_train_loss=summary.last_loss,
+        calibration_reserved_s=reserved,
+    )
     if qat is not None:
         qat.disable()  # evaluation and export see the fp32 weights; the artifact holds their rounding
-        info.qat = {"enabled_at_step": qat.enabled_at, "layers": len(qat.layers),
-                    "start_lr_scale": qat.start_lr_scale}
-    out.say(f"trained {summary.steps} steps in {summary.train_time_s:.1f}s ({summary.stopped_by}), "
-            f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}")
+        info.qat = {"enabled_at_step": qat.enabled_at, "layers": len(qat.layers), "start_lr_scale": qat.start_lr_scale}
+    out.say(
+        f"trained {summary.steps} steps in {summary.train_time_s:.1f}s ({summary.stopped_by}), "
+        f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}"
+    )
     return summary, info
 
 
@@ -231,14 +319,16 @@ def periodic_validation(score: Scorer, model: nn.Module, out: RunOutput, step: i
 
 # ---------------------------------------------------------------------------------------------- average
 
-def average(averaging: Any, model: nn.Module, score: Scorer, pre_quant: bool,
-            out: RunOutput) -> tuple[dict[str, torch.Tensor], AveragingInfo]:
+
+def average(
+    averaging: Any, model: nn.Module, score: Scorer, out: RunOutput
+) -> tuple[dict[str, torch.Tensor], AveragingInfo]:
     """The weights to export (loaded into `model`, fp32 on the CPU), and their pre-quant scores.
 
     `pre_averaging_val_bpb` scores the raw final weights, `pre_quant_val_bpb` the exported ones.
     An averaging that selects on validation scores every candidate and keeps the best (non-compliant).
     """
-    info = AveragingInfo()
+    info, pre_quant = AveragingInfo(), score.evaluator.pre_quant
     raw = None
     if averaging.name != "none" and (pre_quant or averaging.selects_on_validation):
         raw = score(model)  # the model still holds the raw final weights
@@ -276,24 +366,38 @@ def average(averaging: Any, model: nn.Module, score: Scorer, pre_quant: bool,
 
 # ---------------------------------------------------------------------------------------------- export
 
-def export(recipe: ExportRecipe, state: dict[str, torch.Tensor], arch: dict[str, Any], path: Path,
-           meta: dict[str, Any], out: RunOutput, *, model: nn.Module | None = None,
-           calibration: CalibrationData | None = None, train_time_s: float | None = None,
-           cap_s: float | None = None) -> ExportInfo:
+
+def export(
+    recipe: ExportRecipe,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    out: RunOutput,
+    *,
+    meta: dict[str, Any],
+    model: nn.Module | None = None,
+    calibration: CalibrationData | None = None,
+    trained: TrainInfo | None = None,
+) -> ExportInfo:
     """Quantize (GPTQ calibrated on training data when the recipe asks), pack, compress, write the artifact.
 
-    Training-only parts (declared by the model) are left out of the artifact.
+    Training-only parts (declared by the model) are left out of the artifact; `trained`: the training
+    whose time plus calibration's must fit the wallclock cap.
     """
-    arch, state = artifact_view(arch, state)
-    blob, report = recipe.export(state, arch, meta, model=model, data=calibration, train_time_s=train_time_s,
-                                 cap_s=cap_s, say=out.say)
+    arch, state = artifact_view(recipe.arch, state)
+    train_time_s = trained.train_time_s if trained is not None else None
+    blob, report = recipe.export(
+        state, arch, meta, model=model, data=calibration, train_time_s=train_time_s, say=out.say
+    )
     write_atomic(path, blob, fsync=True)
-    out.say(f"export: {report['quantizer']} + {report['codec']} ({report['packing']} packing) "
-            f"{report['model_bytes']:,} model bytes")
+    out.say(
+        f"export: {report['quantizer']} + {report['codec']} ({report['packing']} packing) "
+        f"{report['model_bytes']:,} model bytes"
+    )
     return ExportInfo(quant=report, **report.pop("calibration", {}))
 
 
 # ---------------------------------------------------------------------------------------------- score
+
 
 def rebuild_from_artifact(path: Path, device: torch.device) -> nn.Module:
     """The scored model: built from the artifact file alone (architecture + weights)."""
@@ -307,64 +411,129 @@ def measure_artifact(path: Path, roots: list[str], budget_bytes: int) -> Artifac
     model_bytes = Path(path).stat().st_size
     code = measure_code_bytes(roots)
     total = model_bytes + code
-    return ArtifactInfo(model_bytes=model_bytes, code_bytes=code, artifact_bytes=total, fits=total <= budget_bytes,
-                        artifact_file=str(path))
+    return ArtifactInfo(
+        model_bytes=model_bytes,
+        code_bytes=code,
+        artifact_bytes=total,
+        fits=total <= budget_bytes,
+        artifact_file=str(path),
+    )
 
 
-def score_artifact(path: Path, score: Scorer, ttt: Any, eval_cache: Any, *, selected_on_validation: bool,
-                   pre_quant_val_bpb: float | None, entropy_floor_bpb: float | None) -> ScoreInfo:
+def score_artifact(
+    path: Path,
+    score: Scorer,
+    ttt: Any,
+    eval_cache: Any,
+    *,
+    selected_on_validation: bool,
+    pre_quant_val_bpb: float | None,
+    entropy_floor_bpb: float | None,
+) -> ScoreInfo:
     """Rebuild the model from the artifact alone, evaluate it, and judge the evaluation's legality."""
     model = rebuild_from_artifact(path, score.env.device)
     r = score(model)
     ev = score.evaluator
-    verdict = compliance.assess(ev, ttt, eval_cache, num_scored=r.num_tokens,
-                                num_expected=ev.expected_scored(score.val.num_split_tokens),
-                                weights_selected_on_validation=selected_on_validation)
-    return ScoreInfo(val_bpb=r.val_bpb, val_loss=r.val_loss, eval_time_s=r.eval_time_s,
-                     eval={"method": r.method, "seq_len": r.seq_len, "stride": r.stride, "ttt": ttt.name,
-                           "eval_cache": eval_cache.name, "num_tokens": r.num_tokens, "num_bytes": r.num_bytes,
-                           "on": "artifact_round_trip"},
-                     compliance=verdict,
-                     gap_to_floor_bpb=(r.val_bpb - entropy_floor_bpb) if entropy_floor_bpb else None,
-                     round_trip_gap_bpb=(r.val_bpb - pre_quant_val_bpb) if pre_quant_val_bpb is not None else None)
+    verdict = compliance.assess(
+        ev,
+        ttt,
+        eval_cache,
+        num_scored=r.num_tokens,
+        num_expected=ev.expected_scored(score.val.num_split_tokens),
+        weights_selected_on_validation=selected_on_validation,
+    )
+    return ScoreInfo(
+        val_bpb=r.val_bpb,
+        val_loss=r.val_loss,
+        eval_time_s=r.eval_time_s,
+        eval={
+            "method": r.method,
+            "seq_len": r.seq_len,
+            "stride": r.stride,
+            "ttt": ttt.name,
+            "eval_cache": eval_cache.name,
+            "num_tokens": r.num_tokens,
+            "num_bytes": r.num_bytes,
+            "on": "artifact_round_trip",
+        },
+        compliance=verdict,
+        gap_to_floor_bpb=(r.val_bpb - entropy_floor_bpb) if entropy_floor_bpb else None,
+        round_trip_gap_bpb=(r.val_bpb - pre_quant_val_bpb) if pre_quant_val_bpb is not None else None,
+    )
 
 
-def score_stage(path: Path, score: Scorer, ttt: Any, eval_cache: Any, roots: list[str], budget_bytes: int,
-                out: RunOutput, *, selected_on_validation: bool, step: int) -> ScoreInfo:
+def score_stage(path: Path, score: Scorer, scoring: Scoring, out: RunOutput, *, step: int) -> ScoreInfo:
     """Measure the artifact's bytes (recorded before evaluating), then score it; logs both."""
     res = out.results
-    res.artifact = art = measure_artifact(path, roots, budget_bytes)
+    res.artifact = art = measure_artifact(path, scoring.code_roots, scoring.budget_bytes)
     out.file.write()  # the bytes are known even if evaluation fails
     pre = res.averaging.pre_quant_val_bpb if res.averaging else None
     floor = res.data.entropy_floor_bpb if res.data else None
-    s = score_artifact(path, score, ttt, eval_cache, selected_on_validation=selected_on_validation,
-                       pre_quant_val_bpb=pre, entropy_floor_bpb=floor)
-    out.log({"val/bpb": s.val_bpb, "val/loss": s.val_loss, "artifact/bytes": art.artifact_bytes,
-             "artifact/model_bytes": art.model_bytes, "artifact/code_bytes": art.code_bytes}, step)
-    out.say(f"round-trip val_loss:{s.val_loss:.4f} val_bpb:{s.val_bpb:.4f} artifact_bytes:{art.artifact_bytes} "
-            f"(model {art.model_bytes} + code {art.code_bytes}) {compliance.summarize(s.compliance)}")
+    s = score_artifact(
+        path,
+        score,
+        scoring.ttt,
+        scoring.eval_cache,
+        selected_on_validation=scoring.selected_on_validation,
+        pre_quant_val_bpb=pre,
+        entropy_floor_bpb=floor,
+    )
+    out.log(
+        {
+            "val/bpb": s.val_bpb,
+            "val/loss": s.val_loss,
+            "artifact/bytes": art.artifact_bytes,
+            "artifact/model_bytes": art.model_bytes,
+            "artifact/code_bytes": art.code_bytes,
+        },
+        step,
+    )
+    out.say(
+        f"round-trip val_loss:{s.val_loss:.4f} val_bpb:{s.val_bpb:.4f} artifact_bytes:{art.artifact_bytes} "
+        f"(model {art.model_bytes} + code {art.code_bytes}) {compliance.summarize(s.compliance)}"
+    )
     return s
 
 
 # ---------------------------------------------------------------------------------------------- report
+
 
 def report(out: RunOutput, artifact_path: Path | None = None) -> int:
     """Final status, logger summary (and artifact), the printed summary; returns the exit code."""
     res = out.results
     art, s = res.artifact, res.score
     data = res.to_dict()
-    out.logger.summary({k: data.get(k) for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes",
-                                                 "model_bytes", "code_bytes", "params", "steps")})
+    out.logger.summary(
+        {
+            k: data.get(k)
+            for k in (
+                "val_bpb",
+                "val_loss",
+                "pre_quant_val_bpb",
+                "artifact_bytes",
+                "model_bytes",
+                "code_bytes",
+                "params",
+                "steps",
+            )
+        }
+    )
     if artifact_path is not None:  # the logger knows whether it uploads artifacts (logger.log_artifact)
-        out.logger.log_artifact(artifact_path, name=f"{res.run.name}-s{res.run.seed}", type="model",
-                                metadata={"val_bpb": s.val_bpb, "artifact_bytes": art.artifact_bytes})
+        out.logger.log_artifact(
+            artifact_path,
+            name=f"{res.run.name}-s{res.run.seed}",
+            type="model",
+            metadata={"val_bpb": s.val_bpb, "artifact_bytes": art.artifact_bytes},
+        )
     out.file.write("ok" if art.fits else "over_budget")
     out.close()  # W&B prints its own lines; ours come last
     if out.main:
         print(format_summary(res.to_dict()), file=sys.stderr, flush=True)
     out.say(f"results: {out.file.path}")
     if not art.fits:
-        out.say(f"OVER BUDGET by {art.artifact_bytes - res.run.budget_bytes:,} bytes "
-                f"(model {art.model_bytes:,} + code {art.code_bytes:,} > {res.run.budget_bytes:,})")
+        out.say(
+            f"OVER BUDGET by {art.artifact_bytes - res.run.budget_bytes:,} bytes "
+            f"(model {art.model_bytes:,} + code {art.code_bytes:,} > {res.run.budget_bytes:,})"
+        )
         return EXIT_OVER_BUDGET
     return 0

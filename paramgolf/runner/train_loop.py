@@ -3,16 +3,18 @@
 Time accounting follows the official script: `train_time_s` counts training steps only,
 not the compile warm-up (whose steps are rolled back) nor periodic validation.
 """
+
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from paramgolf.errors import UserError
 from paramgolf.model.training import training_loss
@@ -22,6 +24,7 @@ from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_redu
 @dataclass
 class StepInfo:
     """What hooks see after each optimizer step."""
+
     step: int  # number of completed steps
     elapsed_s: float  # training time so far
     lr_scale: float
@@ -70,16 +73,25 @@ def micro_batch_plan(settings: LoopSettings, world_size: int) -> tuple[int, int]
     if settings.batch_tokens % (m * settings.seq_len):
         raise UserError(
             f"train.batch_tokens={settings.batch_tokens} must be divisible by "
-            f"train.micro_batches × train.seq_len = {m} × {settings.seq_len}")
+            f"train.micro_batches × train.seq_len = {m} × {settings.seq_len}"
+        )
     return m // ws, settings.batch_tokens // m
 
 
 class Trainer:
     """Runs the optimizer steps of one training; all ranks execute it in lockstep."""
 
-    def __init__(self, model: nn.Module, train_model: nn.Module, optimizers, make_loader: Callable,
-                 settings: LoopSettings, env: DistEnv, autocast_dtype: torch.dtype | None = None,
-                 hooks: list[TrainHook] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train_model: nn.Module,
+        optimizers,
+        make_loader: Callable,
+        settings: LoopSettings,
+        env: DistEnv,
+        autocast_dtype: torch.dtype | None = None,
+        hooks: list[TrainHook] | None = None,
+    ):
         self.model = model  # raw module: state dicts, hooks
         self.train_model = train_model  # maybe compiled; used for forward/backward
         self.opt = optimizers
@@ -140,8 +152,9 @@ class Trainer:
         if self.env.device.type == "cuda":
             torch.cuda.synchronize(self.env.device)
 
-    def train(self, validate: Callable[[int], None] | None = None,
-              on_log: Callable[[StepInfo], None] | None = None) -> TrainSummary:
+    def train(
+        self, validate: Callable[[int], None] | None = None, on_log: Callable[[StepInfo], None] | None = None
+    ) -> TrainSummary:
         s = self.s
         loader = self.make_loader()
         cap = s.max_wallclock_seconds if s.max_wallclock_seconds and s.max_wallclock_seconds > 0 else None
@@ -180,5 +193,6 @@ class Trainer:
                 break
         self._sync()
         elapsed = elapsed + (time.perf_counter() - t0)
-        return TrainSummary(step, elapsed, step * global_tokens, stopped_by,
-                            losses[-1] if losses else float("nan"), losses)
+        return TrainSummary(
+            step, elapsed, step * global_tokens, stopped_by, losses[-1] if losses else float("nan"), losses
+        )

@@ -1,4 +1,5 @@
 """Tracking: console progress, `metrics.jsonl`, and logger plugins (W&B)."""
+
 from paramgolf.tracking.base import Logger, LoggerWarning, NullLogger
 from paramgolf.tracking.jsonl import MetricsJSONL, read_metrics
 from paramgolf.tracking.progress import TrainProgress, format_summary

@@ -3,6 +3,7 @@
 Only rank 0 creates a real logger; every other rank gets `NullLogger`, so the
 runner never branches on rank when it logs.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

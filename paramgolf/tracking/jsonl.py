@@ -3,6 +3,7 @@
 Each line is flushed as it is written, so a run that dies keeps everything it
 measured up to the crash.
 """
+
 from __future__ import annotations
 
 import json

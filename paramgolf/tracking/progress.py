@@ -1,4 +1,5 @@
 """Console output for people watching a run: a training progress bar and the final summary block."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ class TrainProgress:
         mininterval: float | None = None,
     ) -> None:
         assert total_steps > 0, f"total_steps={total_steps} must be > 0 (the train.iterations cap)"
-        assert max_seconds is None or max_seconds > 0, f"max_seconds={max_seconds} must be > 0 or None (no wallclock cap)"
+        assert max_seconds is None or max_seconds > 0, (
+            f"max_seconds={max_seconds} must be > 0 or None (no wallclock cap)"
+        )
         self.total_steps = total_steps
         self.max_seconds = max_seconds
         self.enabled = enabled and _global_rank() == 0

@@ -4,6 +4,7 @@ Every call into wandb is guarded: an exception (no network, bad key, a broken
 install, a bug inside wandb) becomes a `LoggerWarning` and the logger turns
 itself off, so the run finishes and writes its results regardless.
 """
+
 from __future__ import annotations
 
 import json

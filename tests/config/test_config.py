@@ -1,4 +1,5 @@
 """Config tree: every option composes and instantiates; schemas catch mistakes at start-up."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 
 from paramgolf.config.compose import CONF_DIR, compose, to_container
 from paramgolf.config.schema import SCHEMAS
@@ -27,8 +28,12 @@ def test_every_group_exists_and_ttt_and_cache_have_none():
     assert "none" in options("ttt") and "none" in options("eval_cache")
     cfg = compose([])
     assert instantiate(cfg.ttt).name == "none" and instantiate(cfg.eval_cache).name == "none"
-    assert instantiate(cfg.ttt).rules_kept() == {"causality": True, "normalization": True,
-                                                 "score_before_update": True, "single_pass": True}
+    assert instantiate(cfg.ttt).rules_kept() == {
+        "causality": True,
+        "normalization": True,
+        "score_before_update": True,
+        "single_pass": True,
+    }
     assert cfg.budget_bytes == 16_000_000 and isinstance(cfg.seed, int)
 
 
@@ -38,11 +43,11 @@ def test_every_option_of_every_group_instantiates(group):
     for opt in options(group):
         c = to_container(compose([f"{group}={opt}"]))
         node = c[group]
-        if "_target_" in node:
-            assert instantiate(node) is not None
-        for sub in node.values():  # nested components (quant.codec, train.averaging…)
+        for sub in [node, *node.values()]:  # the option, and nested components (quant.codec, train.averaging…)
             if isinstance(sub, dict) and "_target_" in sub:
-                assert instantiate(sub) is not None
+                built, target = instantiate(sub, _convert_="all"), get_object(sub["_target_"])
+                made = built.func if sub.get("_partial_") else type(built)  # a partial, or an instance
+                assert made is target or (isinstance(target, type) and issubclass(made, target)), (group, opt)
 
 
 def test_every_arch_option_builds_a_model():
@@ -66,18 +71,21 @@ def test_schema_fields_are_the_targets_keyword_arguments():
             assert not unknown, f"{group}/{name}: {unknown} are not arguments of {target}"
 
 
-@pytest.mark.parametrize("override, error", [
-    (["arch.num_layr=3"], ConfigCompositionException),       # misspelt key
-    (["arch.num_layers=three"], ConfigCompositionException),  # wrong type
-    (["quant=int3_magic"], MissingConfigException),           # unknown option
-    (["+arch.n_layr=4"], ValueError),                         # '+' adds a key no schema knows
-    (["++train.averaging.decay_rate=0.9"], ValueError),
-    (["+foo=1"], ValueError),
-    (["eval=slidng"], MissingConfigException),                # an unknown option
-    (["ttt.method=lora"], ConfigCompositionException),        # ttt has no such key; ttt=lora is no option
-    (["ttt=lora"], MissingConfigException),
-    (["logger.mode=onlin"], ConfigCompositionException),
-])
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        (["arch.num_layr=3"], ConfigCompositionException),  # misspelt key
+        (["arch.num_layers=three"], ConfigCompositionException),  # wrong type
+        (["quant=int3_magic"], MissingConfigException),  # unknown option
+        (["+arch.n_layr=4"], ValueError),  # '+' adds a key no schema knows
+        (["++train.averaging.decay_rate=0.9"], ValueError),
+        (["+foo=1"], ValueError),
+        (["eval=slidng"], MissingConfigException),  # an unknown option
+        (["ttt.method=lora"], ConfigCompositionException),  # ttt has no such key; ttt=lora is no option
+        (["ttt=lora"], MissingConfigException),
+        (["logger.mode=onlin"], ConfigCompositionException),
+    ],
+)
 def test_mistakes_fail_at_compose_time(override, error):
     with pytest.raises(error):
         compose(override)
@@ -98,6 +106,13 @@ def test_every_experiment_preset_composes():
         assert "paramgolf-train" in text or "-m paramgolf.cli.train" in text  # the header is the command
 
 
-def test_outputs_dir_is_git_ignored():
+def test_run_outputs_are_ignored_by_git():
+    import shutil
+    import subprocess
+
     root = Path(CONF_DIR).parent
-    assert "outputs/" in (root / ".gitignore").read_text().split()
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("outputs/runs/2026-01-01/00-00-00/results.json", "multirun/x/model.pgart", ".venv/bin/python"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+    assert subprocess.run(["git", "check-ignore", "-q", "paramgolf/runner/pipeline.py"], cwd=root).returncode == 1

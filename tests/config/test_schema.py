@@ -1,4 +1,5 @@
 """Every default is written once: schemas come from signatures, YAML files hold only what differs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,12 +21,17 @@ RETYPED = {("build_optimizer", "rules"), ("build_optimizer", "muon"), ("MixedQua
 
 def schemas() -> list[tuple[str, str, type]]:
     """Every component schema (settings dataclasses such as TrainConfig are their own single source)."""
-    return [(group, name, schema) for group, entries in SCHEMAS.items() for name, schema in entries
-            if "_target_" in {f.name for f in dataclasses.fields(schema)}]
+    return [
+        (group, name, schema)
+        for group, entries in SCHEMAS.items()
+        for name, schema in entries
+        if "_target_" in {f.name for f in dataclasses.fields(schema)}
+    ]
 
 
 def target_of(schema: type) -> Any:
     from hydra.utils import get_object
+
     names = {f.name: f for f in dataclasses.fields(schema)}
     return get_object(names["_target_"].default) if "_target_" in names else None
 
@@ -57,7 +63,9 @@ def test_schema_fields_have_the_signature_defaults_and_types(group, name, schema
         if dataclasses.is_dataclass(default):  # a nested component: its own schema
             assert target_of(type(default)) is typing.get_type_hints(target.__init__)[f.name], (name, f.name)
             continue
-        assert as_config_value(default) == as_config_value(p.default), f"{name}.{f.name}: schema {default!r} vs code {p.default!r}"
+        assert as_config_value(default) == as_config_value(p.default), (
+            f"{name}.{f.name}: schema {default!r} vs code {p.default!r}"
+        )
         assert f.type == _Builds._sanitized_type(hints[f.name]), (name, f.name, f.type)
 
 
@@ -136,6 +144,7 @@ def test_option_files_hold_only_values_that_differ_from_the_code_and_have_its_ty
 def test_a_repeated_default_or_a_wrong_type_is_caught(tmp_path):
     """The check above can fail: a body repeating a default, and one with a string where an int goes."""
     from paramgolf.config.schema import ZstdConfig
+
     problems: list[str] = []
     compare_body("x.yaml", {"level": 22}, ZstdConfig, problems)
     compare_body("y.yaml", {"level": "high"}, ZstdConfig, problems)
@@ -146,8 +155,11 @@ def test_signature_defaults_reach_the_composed_config():
     """A default changed in the code is the default of the config: no second copy to forget."""
     from paramgolf.evaluation.windows import Sliding
     from paramgolf.model.attention import CausalSelfAttention
+
     c = to_container(compose(["eval=sliding"]))
     assert c["eval"]["stride"] == inspect.signature(Sliding).parameters["stride"].default
-    assert c["arch"]["attention"]["gate_bias_init"] == \
-        inspect.signature(CausalSelfAttention).parameters["gate_bias_init"].default
+    assert (
+        c["arch"]["attention"]["gate_bias_init"]
+        == inspect.signature(CausalSelfAttention).parameters["gate_bias_init"].default
+    )
     assert c["name"] == "default"

@@ -1,4 +1,5 @@
 """Byte accounting of val_bpb on the real challenge tokenizers."""
+
 from __future__ import annotations
 
 import json

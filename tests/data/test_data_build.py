@@ -1,4 +1,5 @@
 """`paramgolf-data build` / `inspect` on a real corpus, and their error messages."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,17 @@ def _write_jsonl(path, texts):
 def enwiki_build(shared_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("enwiki")
     argv = [
-        "build", "--docs", str(shared_dir / "data/corpus/enwiki_sample.jsonl"), "--out", str(out),
-        "--vocab-size", "512", "--val-docs", "3", "--shard-tokens", "400000",
+        "build",
+        "--docs",
+        str(shared_dir / "data/corpus/enwiki_sample.jsonl"),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "512",
+        "--val-docs",
+        "3",
+        "--shard-tokens",
+        "400000",
     ]
     return out, argv
 
@@ -53,6 +63,7 @@ def test_build_enwiki(shared_dir, enwiki_build, capsys):
 
 def _hand_bytes(sp, tokens):
     """Byte count written out from the rule, independently of ByteTable."""
+
     def boundary(i):
         return sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
 
@@ -128,5 +139,7 @@ def test_build_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"--val-docs=2 must be between 1 and 1.*2 documents"):
         build_dataset(two, tmp_path / "o", 512, 2)
     # the CLI reports the same errors on stderr with exit status 2
-    assert main(["build", "--docs", str(two), "--out", str(tmp_path / "o"), "--vocab-size", "512", "--val-docs", "5"]) == 2
+    assert (
+        main(["build", "--docs", str(two), "--out", str(tmp_path / "o"), "--vocab-size", "512", "--val-docs", "5"]) == 2
+    )
     assert "--val-docs=5" in capsys.readouterr().err

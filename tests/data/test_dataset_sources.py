@@ -1,4 +1,5 @@
 """Dataset sources the runner consumes, and the vocabulary check."""
+
 from __future__ import annotations
 
 import dataclasses

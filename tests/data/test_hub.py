@@ -1,4 +1,5 @@
 """Manifest-driven download, against a fake Hub repository on disk."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,11 @@ def fake_repo(tmp_path, monkeypatch):
             {"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "stats": {"files_train": 3, "files_val": 2}}
         ],
         "tokenizers": [
-            {"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model",
-             "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}
+            {
+                "name": "sp_bpe_1024",
+                "model_path": "tokenizers/fineweb_1024_bpe.model",
+                "vocab_path": "tokenizers/fineweb_1024_bpe.vocab",
+            }
         ],
     }
     (root / "datasets/manifest.json").write_text(json.dumps(manifest))
@@ -59,7 +63,10 @@ def test_download_and_resume(fake_repo, tmp_path):
     ds = out / "datasets/fineweb10B_sp1024"
     assert summary["dataset_dir"] == str(ds)
     assert sorted(p.name for p in ds.iterdir()) == [
-        "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin", "fineweb_val_000001.bin",
+        "fineweb_train_000000.bin",
+        "fineweb_train_000001.bin",
+        "fineweb_val_000000.bin",
+        "fineweb_val_000001.bin",
     ]
     assert read_shard(ds / "fineweb_train_000001.bin").tolist() == [1, 7, 8, 9, 1]
     assert (out / "tokenizers/fineweb_1024_bpe.model").read_bytes() == b"model-bytes"
@@ -79,7 +86,9 @@ def test_download_and_resume(fake_repo, tmp_path):
     shard.write_bytes(data[:-2])
     more = hub.download("sp1024", train_shards=3, out=out, repo_id=REPO, progress=False, with_docs=True)
     assert sorted(Path(p).name for p in more["downloaded"]) == [
-        "docs_selected.jsonl", "docs_selected.source_manifest.json", "fineweb_train_000000.bin",
+        "docs_selected.jsonl",
+        "docs_selected.source_manifest.json",
+        "fineweb_train_000000.bin",
         "fineweb_train_000002.bin",
     ]
     assert read_shard(shard).tolist() == [1, 7, 8, 9, 0]

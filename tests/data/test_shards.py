@@ -1,4 +1,5 @@
 """Shard format: round trip, refusals of malformed files, listing."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Synthetic language: decodability, tokenizer round trip, entropy floor, caching."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def iter_docs(spec: SyntheticSpec, split: str, num_docs: int | None = None) -> l
     """The texts of a split: the same ones the dataset is built from."""
     n = num_docs if num_docs is not None else (spec.train_docs if split == "train" else spec.val_docs)
     return SyntheticLanguage(spec).sample(n, split)[0]
+
 
 SMALL = SyntheticSpec(
     seed=3, vocab_size=320, lexicon_size=300, train_docs=800, val_docs=120, shard_tokens=20_000, tokenizer_train_docs=0

@@ -1,4 +1,5 @@
 """Token streams: wrapping, world-size independence, seeds, validation tokens."""
+
 from __future__ import annotations
 
 import numpy as np

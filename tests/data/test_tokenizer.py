@@ -1,4 +1,5 @@
 """Tokenizer helpers: loading, hashing, trainer settings, long documents."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Tiny models, byte tables and reference loops shared by the evaluation tests."""
+
 from __future__ import annotations
 
 import torch

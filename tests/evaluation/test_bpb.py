@@ -1,4 +1,5 @@
 """val_loss / val_bpb arithmetic and the official non-overlapping evaluation."""
+
 from __future__ import annotations
 
 import math

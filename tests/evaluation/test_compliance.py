@@ -1,4 +1,5 @@
 """The legality verdict written into results.json."""
+
 from __future__ import annotations
 
 from paramgolf.evaluation import compliance
@@ -11,6 +12,7 @@ SLIDING, PLAIN = Sliding(stride=64, seq_len=128), NonOverlapping(seq_len=128)
 
 class PeekingTTT:
     """A stand-in for a method that trains on tokens before scoring them."""
+
     name = "peek"
 
     def rules_kept(self):

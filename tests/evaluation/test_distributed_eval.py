@@ -1,4 +1,5 @@
 """Two gloo processes give the same EvalResult as one, for both evaluation methods."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,7 @@ def _rank_results(rank: int, world_size: int) -> dict:
     try:  # a rank/world size that disagrees with the process group would double-count shards
         SETTINGS["sliding"](CacheAttentionLM(VOCAB), tokens(), make_byte_table(VOCAB), device="cpu")
         results["mismatch_error"] = None
-    except ValueError as err:
+    except RuntimeError as err:  # paramgolf always passes its process group's values: a bug
         results["mismatch_error"] = str(err)
     return results
 

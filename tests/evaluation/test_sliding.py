@@ -1,4 +1,5 @@
 """Sliding-window evaluation: window coverage, agreement with hand loops, the dispatcher."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,13 @@ from evalkit import BigramLM, CacheAttentionLM, direct_nll, hand_bytes, make_byt
 
 from paramgolf.data.byte_table import build_byte_table
 from paramgolf.evaluation.bpb import evaluate_non_overlapping
-from paramgolf.evaluation.windows import NonOverlapping, Sliding
 from paramgolf.evaluation.sliding import (
     Window,
     evaluate_sliding,
     num_sliding_windows,
     sliding_windows,
 )
+from paramgolf.evaluation.windows import NonOverlapping, Sliding
 
 VOCAB = 16
 

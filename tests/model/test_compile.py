@@ -1,4 +1,5 @@
 """torch.compile (the CUDA default) computes the same logits as eager mode."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,15 @@ def _fresh_dynamo():
 @pytest.mark.slow
 def test_compiled_model_equals_eager():
     torch.manual_seed(0)
-    cfg = compose(["experiment=pr549", "arch.num_layers=2", "arch.model_dim=128", "arch.vocab_size=97",
-                   "arch.value_embedding.layers=[1]"])  # a small record preset, every feature on
+    cfg = compose(
+        [
+            "experiment=pr549",
+            "arch.num_layers=2",
+            "arch.model_dim=128",
+            "arch.vocab_size=97",
+            "arch.value_embedding.layers=[1]",
+        ]
+    )  # a small record preset, every feature on
     model = build_model(cfg.arch)
     with torch.no_grad():
         for p in model.parameters():
@@ -33,13 +41,32 @@ def test_compiled_model_equals_eager():
     assert eager.abs().max() > 0.1  # a non-trivial model, so equality means something
 
 
-@pytest.mark.parametrize("extra", [[], ["arch/bigram=hash", "arch/smear=gate", "arch/mlp=leaky_relu2",
-                                         "arch.attention.xsa_last_n=2", "arch.attention.rope_dims=8",
-                                         "arch.depth_scale=input"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [
+            "arch/bigram=hash",
+            "arch/smear=gate",
+            "arch/mlp=leaky_relu2",
+            "arch.attention.xsa_last_n=2",
+            "arch.attention.rope_dims=8",
+            "arch.depth_scale=input",
+        ],
+    ],
+)
 def test_model_compiles_as_one_graph(extra):
     """fullgraph=True (as the runner compiles on CUDA) fails on any graph break."""
-    cfg = compose(["arch.num_layers=3", "arch.model_dim=64", "arch.vocab_size=97",
-                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2", *extra])
+    cfg = compose(
+        [
+            "arch.num_layers=3",
+            "arch.model_dim=64",
+            "arch.vocab_size=97",
+            "arch.attention.num_heads=4",
+            "arch.attention.num_kv_heads=2",
+            *extra,
+        ]
+    )
     model = build_model(cfg.arch)
     x = torch.randint(0, 97, (2, 16))
     compiled = torch.compile(model, backend="eager", fullgraph=True)

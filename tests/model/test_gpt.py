@@ -1,4 +1,5 @@
 """The baseline GPT: parameter count, causality, attention paths."""
+
 from __future__ import annotations
 
 import math
@@ -42,10 +43,10 @@ def _perturbed_logits_equal_before(model, t: int, T: int = 16):
     torch.manual_seed(1)
     idx = torch.randint(0, 97, (2, T))
     changed = idx.clone()
-    changed[:, t + 1:] = torch.randint(0, 97, (2, T - t - 1))
+    changed[:, t + 1 :] = torch.randint(0, 97, (2, T - t - 1))
     with torch.no_grad():
         a, b = model(idx), model(changed)
-    return torch.allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-6), torch.allclose(a[:, t + 1:], b[:, t + 1:])
+    return torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6), torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
 @pytest.mark.parametrize("t", [0, 5, 14])
@@ -105,6 +106,7 @@ def test_bad_head_split_is_a_clear_error():
 def test_arch_targets_outside_model_package_are_refused():
     cfg = compose([])
     from omegaconf import OmegaConf
+
     arch = OmegaConf.to_container(cfg.arch)
     arch["mlp"]["_target_"] = "os.system"
     with pytest.raises(ValueError, match="paramgolf.model"):

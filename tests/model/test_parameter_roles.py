@@ -3,6 +3,7 @@
 Besides checking the roles themselves, these tests compare them with the name regexes that the
 optimizer and quantizer configs use today, so a disagreement between the two shows up here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,15 +38,35 @@ RULES_FOR_ROLE = {
 # Where a preset's optimizer rules send a parameter elsewhere than its role says, today:
 # (presets, parameter-name regex, role, rule it lands in, why). Each must still occur (kept current).
 KNOWN_DISAGREEMENTS = [
-    (("pr549", "pr754", "pr1185", "pr1263"), r"^bigram\.proj\.weight$", "matrix", "feature_proj",
-     "an explicit rule sends the 2-D BigramHash projection to AdamW, as the records do "
-     "(docs/records/pr549.md: AdamW 'scalar' group holds bigram.proj.weight)"),
-    (("pr549", "pr1185", "pr1263"), r"^ve\.shared\.proj\.weight$", "matrix", "feature_proj",
-     "an explicit rule sends the 2-D VE projection to AdamW, as the records do"),
-    (("pr620",), r"^(bigram|smear)\.", None, "frozen",
-     "PR #620 never optimised BigramHash/SmearGate: a deliberate `optimizer: none` rule"),
-    (("pr1185",), r"^mtp\.heads\.\d+\.weight$", "head", "matrices",
-     "the MTP heads are vocabulary heads but fall to the ndim-2 Muon rule (the record trains them not at all)"),
+    (
+        ("pr549", "pr754", "pr1185", "pr1263"),
+        r"^bigram\.proj\.weight$",
+        "matrix",
+        "feature_proj",
+        "an explicit rule sends the 2-D BigramHash projection to AdamW, as the records do "
+        "(docs/records/pr549.md: AdamW 'scalar' group holds bigram.proj.weight)",
+    ),
+    (
+        ("pr549", "pr1185", "pr1263"),
+        r"^ve\.shared\.proj\.weight$",
+        "matrix",
+        "feature_proj",
+        "an explicit rule sends the 2-D VE projection to AdamW, as the records do",
+    ),
+    (
+        ("pr620",),
+        r"^(bigram|smear)\.",
+        None,
+        "frozen",
+        "PR #620 never optimised BigramHash/SmearGate: a deliberate `optimizer: none` rule",
+    ),
+    (
+        ("pr1185",),
+        r"^mtp\.heads\.\d+\.weight$",
+        "head",
+        "matrices",
+        "the MTP heads are vocabulary heads but fall to the ndim-2 Muon rule (the record trains them not at all)",
+    ),
 ]
 
 
@@ -149,8 +170,16 @@ def test_control_parameters_are_never_integer_quantized(presets):
 
 
 def test_roles_survive_copies_and_meta_materialisation():
-    cfg = compose(["experiment=pr1185", "arch.num_layers=3", "arch.model_dim=128", "arch.vocab_size=97",
-                   "arch.value_embedding.layers=[2]", "arch.attention.xsa_last_n=1"])
+    cfg = compose(
+        [
+            "experiment=pr1185",
+            "arch.num_layers=3",
+            "arch.model_dim=128",
+            "arch.vocab_size=97",
+            "arch.value_embedding.layers=[2]",
+            "arch.attention.xsa_last_n=1",
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg.arch)
     roles = model.parameter_roles()
@@ -168,11 +197,26 @@ def test_control_parameter_tags_new_and_existing_parameters():
 
 
 def test_new_init_arguments_reach_the_parameters():
-    cfg = compose(["experiment=pr1185", "arch.num_layers=3", "arch.model_dim=128", "arch.vocab_size=97",
-                   "arch.value_embedding.layers=[2]", "arch.attention.xsa_last_n=1"])
+    cfg = compose(
+        [
+            "experiment=pr1185",
+            "arch.num_layers=3",
+            "arch.model_dim=128",
+            "arch.vocab_size=97",
+            "arch.value_embedding.layers=[2]",
+            "arch.attention.xsa_last_n=1",
+        ]
+    )
     arch = to_container(cfg)["arch"]
-    arch.update(skip_weight_init=0.5, attn_scale_init=0.25, mlp_scale_init=0.75, resid_mix_init=0.9,
-                resid_mix_x0_init=0.1, orthogonal_init=True, orthogonal_init_min_dim=256)
+    arch.update(
+        skip_weight_init=0.5,
+        attn_scale_init=0.25,
+        mlp_scale_init=0.75,
+        resid_mix_init=0.9,
+        resid_mix_x0_init=0.1,
+        orthogonal_init=True,
+        orthogonal_init_min_dim=256,
+    )
     arch["attention"].update(gate_bias_init=2.0, value_residual_first_init=0.3, value_residual_self_init=0.7)
     arch["value_embedding"].update(init_std=0.0, layer_scale_init=0.2)
     arch["smear"]["gate_init"] = -1.0

@@ -1,4 +1,5 @@
 """Each architecture technique's defining property, and causality of random combinations."""
+
 from __future__ import annotations
 
 import random
@@ -131,8 +132,16 @@ def test_depth_scale_on_branch_inputs_or_outputs(where):
 
 
 def test_orthogonal_init_gives_orthonormal_rows():
-    cfg = compose(["arch.orthogonal_init=true", "arch.num_layers=2", "arch.model_dim=64", "arch.vocab_size=97",
-                   "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2"])
+    cfg = compose(
+        [
+            "arch.orthogonal_init=true",
+            "arch.num_layers=2",
+            "arch.model_dim=64",
+            "arch.vocab_size=97",
+            "arch.attention.num_heads=4",
+            "arch.attention.num_kv_heads=2",
+        ]
+    )
     model = build_model(cfg.arch)
     w = model.blocks[0].attn.c_q.weight
     assert torch.allclose(w @ w.t(), torch.eye(64), atol=1e-5)
@@ -160,8 +169,16 @@ OPTIONS = {
 def test_random_combinations_are_causal(seed):
     rng = random.Random(seed)
     overrides = [o for opts in OPTIONS.values() for o in rng.choice(opts)]
-    cfg = compose(["arch.num_layers=3", "arch.model_dim=32", "arch.vocab_size=61", "arch.attention.num_heads=4",
-                   "arch.attention.num_kv_heads=2", *overrides])
+    cfg = compose(
+        [
+            "arch.num_layers=3",
+            "arch.model_dim=32",
+            "arch.vocab_size=61",
+            "arch.attention.num_heads=4",
+            "arch.attention.num_kv_heads=2",
+            *overrides,
+        ]
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.arch)
     with torch.no_grad():  # make every branch and feature non-trivial (several start at zero)
@@ -170,27 +187,44 @@ def test_random_combinations_are_causal(seed):
     T, t = 16, rng.randrange(0, 15)
     idx = torch.randint(0, 61, (2, T))
     changed = idx.clone()
-    changed[:, t + 1:] = (idx[:, t + 1:] + torch.randint(1, 61, (2, T - t - 1))) % 61
+    changed[:, t + 1 :] = (idx[:, t + 1 :] + torch.randint(1, 61, (2, T - t - 1))) % 61
     with torch.no_grad():
         a, b = model(idx), model(changed)
-    assert torch.allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-5), overrides
-    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:]), overrides
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-5), overrides
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :]), overrides
 
 
 def test_pr620_combination_has_its_logged_parameter_count():
     """11L d512, MLP ×3 LeakyReLU(0.5)², BigramHash(2048, 128), SmearGate: PR #620 logs 26,829,913."""
-    cfg = compose(["arch.num_layers=11", "arch/mlp=leaky_relu2", "arch/bigram=hash", "arch/smear=gate",
-                   "arch.attention.rope_base=50000", "arch.depth_scale=output"])
+    cfg = compose(
+        [
+            "arch.num_layers=11",
+            "arch/mlp=leaky_relu2",
+            "arch/bigram=hash",
+            "arch/smear=gate",
+            "arch.attention.rope_base=50000",
+            "arch.depth_scale=output",
+        ]
+    )
     assert sum(p.numel() for p in build_model(cfg.arch).parameters()) == 26_829_913
 
 
 def small(*extra):
-    return compose(["arch.num_layers=3", "arch.model_dim=32", "arch.vocab_size=61", "arch.attention.num_heads=4",
-                    "arch.attention.num_kv_heads=2", *extra])
+    return compose(
+        [
+            "arch.num_layers=3",
+            "arch.model_dim=32",
+            "arch.vocab_size=61",
+            "arch.attention.num_heads=4",
+            "arch.attention.num_kv_heads=2",
+            *extra,
+        ]
+    )
 
 
 def test_gated_attention_starts_near_open_and_scales_heads():
     from paramgolf.model.attention import HeadGate
+
     gate = HeadGate(32, 4)
     x = torch.randn(2, 5, 32)
     assert torch.allclose(gate(x), torch.full((2, 5, 4), torch.sigmoid(torch.tensor(4.0)).item()))
@@ -210,6 +244,7 @@ def test_gated_attention_starts_near_open_and_scales_heads():
 
 def test_value_residual_blends_the_first_layers_values():
     from paramgolf.model.attention import ValueResidual
+
     vr = ValueResidual()
     state: dict = {}
     v0, v1 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
@@ -221,6 +256,7 @@ def test_value_residual_blends_the_first_layers_values():
 
 def test_value_embeddings_reach_only_their_layers():
     from paramgolf.model.value_embedding import ValueEmbeddings
+
     ve = ValueEmbeddings(61, kv_dim=16, num_layers=5, dim=8, layers=[3, 4])
     v = ve(torch.randint(0, 61, (2, 7)))
     assert v.shape == (2, 7, 16)
@@ -238,8 +274,11 @@ def test_depth_recurrence_reuses_the_same_core_object():
     names = [n for n, _ in model.named_parameters()]
     assert sum(n.startswith("cores.0.attn.c_q") for n in names) == 1  # stored once, run twice
     assert all(not n.startswith("blocks.") or ".attn." not in n for n in names)
-    assert {n for n in names if n.startswith("blocks.2.")} == {"blocks.2.attn_scale", "blocks.2.mlp_scale",
-                                                                "blocks.2.resid_mix"}
+    assert {n for n in names if n.startswith("blocks.2.")} == {
+        "blocks.2.attn_scale",
+        "blocks.2.mlp_scale",
+        "blocks.2.resid_mix",
+    }
     # the shared core's weights get gradient from both logical layers that run it
     model.cores[0].attn.proj.weight.data.normal_()
     model.cores[0].mlp.proj.weight.data.normal_()
@@ -253,20 +292,38 @@ def test_depth_recurrence_reuses_the_same_core_object():
 PRESET_ARCH = {
     # (overrides, logged model_params) — docs/records/<pr>.md, §2 parameter accounts
     "pr549": (["arch.bigram.buckets=1536", "arch/value_embedding=ve128", "arch.attention.xsa_last_n=4"], 26_928_220),
-    "pr754": (["arch.bigram.buckets=1536", "arch.attention.gated=true", "arch.attention.value_residual=true",
-               "arch.attention.xsa_last_n=4", "arch.orthogonal_init=true"], 26_809_543),
-    "pr1263": (["arch/value_embedding=ve128", "arch.attention.xsa_last_n=11", "arch.attention.qk_gain_init=4.0"],
-               26_993_756),
-    "pr537": (["arch/value_embedding=ve128", "arch.attention.xsa_last_n=4",
-               "arch.recurrence=[0,1,2,3,4,5,6,7,8,9,0]"], 24_634_452),
+    "pr754": (
+        [
+            "arch.bigram.buckets=1536",
+            "arch.attention.gated=true",
+            "arch.attention.value_residual=true",
+            "arch.attention.xsa_last_n=4",
+            "arch.orthogonal_init=true",
+        ],
+        26_809_543,
+    ),
+    "pr1263": (
+        ["arch/value_embedding=ve128", "arch.attention.xsa_last_n=11", "arch.attention.qk_gain_init=4.0"],
+        26_993_756,
+    ),
+    "pr537": (
+        ["arch/value_embedding=ve128", "arch.attention.xsa_last_n=4", "arch.recurrence=[0,1,2,3,4,5,6,7,8,9,0]"],
+        24_634_452,
+    ),
 }
 
 
 @pytest.mark.parametrize("record", sorted(PRESET_ARCH))
 def test_record_architectures_have_their_logged_parameter_counts(record):
     overrides, expected = PRESET_ARCH[record]
-    common = ["arch.num_layers=11", "arch/mlp=leaky_relu2", "arch/bigram=hash", "arch/smear=gate",
-              "arch.attention.rope_dims=16", "arch.depth_scale=input"]
+    common = [
+        "arch.num_layers=11",
+        "arch/mlp=leaky_relu2",
+        "arch/bigram=hash",
+        "arch/smear=gate",
+        "arch.attention.rope_dims=16",
+        "arch.depth_scale=input",
+    ]
     with torch.device("meta"):
         model = build_model(compose(common + overrides).arch)
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -274,6 +331,7 @@ def test_record_architectures_have_their_logged_parameter_counts(record):
 
 def test_mtp_heads_predict_further_tokens_and_leave_logits_alone():
     from paramgolf.model.mtp import MTPHeads
+
     mtp = MTPHeads(16, 61, logit_softcap=30.0, count=2, weight=0.15)
     h, y = torch.randn(2, 9, 16), torch.randint(0, 61, (2, 9))
     # zero-initialised heads give uniform predictions: loss = weight · ln V
@@ -292,7 +350,9 @@ def test_mtp_heads_predict_further_tokens_and_leave_logits_alone():
 
 def test_mtp_heads_are_absent_from_the_export():
     from omegaconf import OmegaConf
+
     from paramgolf.model.training import artifact_view
+
     cfg = small("arch/mtp=two")
     model = build_model(cfg.arch)
     arch, state = artifact_view(OmegaConf.to_container(cfg.arch), model.state_dict())

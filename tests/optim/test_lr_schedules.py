@@ -1,12 +1,19 @@
 """LR schedules (warm-up, warm-down by iterations / wallclock / fraction, cosine) and momentum warm-up."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from paramgolf.optim.schedules import (CosineSchedule, WarmdownSchedule, linear_warmup, momentum_warmup,
-                                       schedule_table, warmdown_lr_scale)
+from paramgolf.optim.schedules import (
+    CosineSchedule,
+    WarmdownSchedule,
+    linear_warmup,
+    momentum_warmup,
+    schedule_table,
+    warmdown_lr_scale,
+)
 
 
 @pytest.mark.parametrize(
@@ -94,13 +101,16 @@ def test_cosine_decay_with_floor_over_iterations_and_wallclock():
     assert [r[0] for r in rows] == [10, 50, 100] and rows[-1][1] == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("cls, kwargs, key", [
-    (WarmdownSchedule, dict(warmdown_frac=1.5), "warmdown_frac"),
-    (WarmdownSchedule, dict(warmdown_iters=-1), "warmdown_iters"),
-    (CosineSchedule, dict(min_scale=2.0), "min_scale"),
-    (CosineSchedule, dict(warmdown_frac=0.0), "warmdown_frac"),
-    (CosineSchedule, dict(warmup_iters=-3), "warmup_iters"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, key",
+    [
+        (WarmdownSchedule, dict(warmdown_frac=1.5), "warmdown_frac"),
+        (WarmdownSchedule, dict(warmdown_iters=-1), "warmdown_iters"),
+        (CosineSchedule, dict(min_scale=2.0), "min_scale"),
+        (CosineSchedule, dict(warmdown_frac=0.0), "warmdown_frac"),
+        (CosineSchedule, dict(warmup_iters=-3), "warmup_iters"),
+    ],
+)
 def test_bad_schedule_settings_name_the_key(cls, kwargs, key):
     with pytest.raises(ValueError, match=f"train.schedule.{key}"):
         cls(iterations=10, max_wallclock_s=None, **kwargs)
@@ -110,8 +120,17 @@ def test_schedule_group_builds_through_hydra():
     from paramgolf.config.compose import compose, to_container
     from paramgolf.runner.plan import lr_schedule_for
 
-    c = to_container(compose(["experiment=smoke", "train/schedule=cosine", "train.schedule.min_scale=0.05",
-                              "train.iterations=100", "train.max_wallclock_seconds=null"]))  # smoke sets warmdown_iters
+    c = to_container(
+        compose(
+            [
+                "experiment=smoke",
+                "train/schedule=cosine",
+                "train.schedule.min_scale=0.05",
+                "train.iterations=100",
+                "train.max_wallclock_seconds=null",
+            ]
+        )
+    )  # smoke sets warmdown_iters
     s = lr_schedule_for(c["train"])
     assert isinstance(s, CosineSchedule) and s(100, 0.0) == pytest.approx(0.05)
     d = lr_schedule_for(to_container(compose([]))["train"])

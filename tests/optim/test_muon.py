@@ -1,4 +1,5 @@
 """Newton–Schulz orthogonalisation and the Muon update, checked against hand computations."""
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,9 @@ def test_muon_two_steps_tall_matrix_with_weight_decay():
 def test_muon_groups_use_their_own_lr_and_momentum():
     a = torch.nn.Parameter(torch.zeros(2, 2))
     b = torch.nn.Parameter(torch.zeros(2, 2))
-    opt = Muon([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.2, "momentum": 0.5}], lr=1.0, ns_dtype=torch.float32)
+    opt = Muon(
+        [{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.2, "momentum": 0.5}], lr=1.0, ns_dtype=torch.float32
+    )
     g = torch.diag(torch.tensor([1.0, 2.0]))
     a.grad, b.grad = g.clone(), g.clone()
     opt.step()

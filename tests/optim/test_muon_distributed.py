@@ -1,4 +1,5 @@
 """Muon sharded over 2 gloo processes gives the same parameters as 1 process."""
+
 from __future__ import annotations
 
 import torch

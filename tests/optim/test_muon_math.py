@@ -1,4 +1,5 @@
 """Muon maths at the record shapes: NS5 singular values, weight decay, momentum, warm-up."""
+
 from __future__ import annotations
 
 import math
@@ -124,9 +125,7 @@ def test_muon_weight_decay_alone_with_zero_gradient(shape):
     assert torch.equal(opt.state[p]["momentum_buffer"], torch.zeros(shape))
 
 
-@pytest.mark.parametrize(
-    "step, expected", [(0, 0.92), (375, 0.9375), (750, 0.955), (1500, 0.99), (3000, 0.99)]
-)
+@pytest.mark.parametrize("step, expected", [(0, 0.92), (375, 0.9375), (750, 0.955), (1500, 0.99), (3000, 0.99)])
 def test_momentum_warmup_record_values(step, expected):
     assert momentum_warmup(step, 0.92, 0.99, 1500) == pytest.approx(expected, abs=1e-12)
 

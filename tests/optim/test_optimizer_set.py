@@ -1,4 +1,5 @@
 """OptimizerSet: the official split, schedules hooks, state round trip, Hydra factory."""
+
 from __future__ import annotations
 
 import copy
@@ -17,11 +18,18 @@ from paramgolf.optim.parallel_muon import ParallelMuon
 
 def baseline_rules(tie_embeddings: bool = True) -> list[ParamRule]:
     """The official baseline's split by name (conf/optimizer/muon_adam.yaml matches control tensors by role)."""
-    embed = ParamRule("tied_embed", "adam", 0.05, pattern=r"^tok_emb\.") if tie_embeddings else \
-        ParamRule("embed", "adam", 0.6, pattern=r"^tok_emb\.")
-    return [embed, ParamRule("head", "adam", 0.008, pattern=r"^lm_head\."),
-            ParamRule("scalars", "adam", 0.04, pattern=r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight"),
-            ParamRule("matrices", "muon", 0.04, ndim=2), ParamRule("scalars_rest", "adam", 0.04)]
+    embed = (
+        ParamRule("tied_embed", "adam", 0.05, pattern=r"^tok_emb\.")
+        if tie_embeddings
+        else ParamRule("embed", "adam", 0.6, pattern=r"^tok_emb\.")
+    )
+    return [
+        embed,
+        ParamRule("head", "adam", 0.008, pattern=r"^lm_head\."),
+        ParamRule("scalars", "adam", 0.04, pattern=r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight"),
+        ParamRule("matrices", "muon", 0.04, ndim=2),
+        ParamRule("scalars_rest", "adam", 0.04),
+    ]
 
 
 BASELINE_RULES = baseline_rules()
@@ -194,8 +202,16 @@ def test_hydra_partial_factory():
             "_target_": "paramgolf.optim.builder.build_optimizer",
             "_partial_": True,
             "rules": [
-                {"name": "matrices", "optimizer": "muon", "lr": 0.02, "pattern": None, "ndim": 2,
-                 "min_ndim": None, "max_ndim": None, "weight_decay": 0.04},
+                {
+                    "name": "matrices",
+                    "optimizer": "muon",
+                    "lr": 0.02,
+                    "pattern": None,
+                    "ndim": 2,
+                    "min_ndim": None,
+                    "max_ndim": None,
+                    "weight_decay": 0.04,
+                },
                 {"name": "rest", "optimizer": "adam", "lr": 0.03},
             ],
             "muon_momentum": 0.99,
@@ -208,7 +224,9 @@ def test_hydra_partial_factory():
     assert [g["name"] for g in opt.muon.param_groups] == ["matrices"]
     assert opt.muon.param_groups[0]["weight_decay"] == 0.04 and opt.momentum_at(10**6) == 0.99
     with pytest.raises(ValueError, match="matches no parameter rule"):
-        build_optimizer(tiny_model().named_parameters(), rules=[{"name": "m", "optimizer": "muon", "lr": 0.1, "ndim": 2}])
+        build_optimizer(
+            tiny_model().named_parameters(), rules=[{"name": "m", "optimizer": "muon", "lr": 0.1, "ndim": 2}]
+        )
 
 
 def test_load_state_dict_from_other_rules_fails_clearly():

@@ -1,4 +1,5 @@
 """Parallel Muon (banked, sharded, batched Newton–Schulz) equals Muon on 1 and 2 processes."""
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,13 @@ def test_banks_are_same_shaped_matrices_per_group_biggest_first():
     opt = ParallelMuon([{"params": params[:4], "lr": 0.02}, {"params": params[4:], "lr": 0.05}], lr=0.02)
     rows = opt.bank_summary()
     assert [(r["shape"], r["matrices"]) for r in rows] == [
-        ((64, 32), 2), ((48, 48), 1), ((48, 48), 1), ((32, 64), 1), ((64, 32), 1), ((80, 16), 1)]
+        ((64, 32), 2),
+        ((48, 48), 1),
+        ((48, 48), 1),
+        ((32, 64), 1),
+        ((64, 32), 1),
+        ((80, 16), 1),
+    ]
     assert sum(len(b.params) for b in opt.banks) == len(params)
 
 
@@ -87,9 +94,17 @@ def test_bad_comm_mode_is_refused():
 # ---------------------------------------------------------------- through the train loop
 
 VOCAB = 64
-ARCH = ["arch=record11", "arch.num_layers=3", "arch.model_dim=64", f"arch.vocab_size={VOCAB}",
-        "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2", "arch/bigram=hash", "arch.bigram.buckets=64",
-        "arch.bigram.dim=16"]
+ARCH = [
+    "arch=record11",
+    "arch.num_layers=3",
+    "arch.model_dim=64",
+    f"arch.vocab_size={VOCAB}",
+    "arch.attention.num_heads=4",
+    "arch.attention.num_kv_heads=2",
+    "arch/bigram=hash",
+    "arch.bigram.buckets=64",
+    "arch.bigram.dim=16",
+]
 MICRO = 4  # global micro-batches per step; 2 per rank on 2 processes
 
 
@@ -114,8 +129,16 @@ def train_three_steps(rank: int, world_size: int, overrides: list[str]) -> dict[
     torch.manual_seed(0)
     model = build_model(c["arch"])
     opt = build_optimizer_for(model, c["optimizer"])
-    settings = LoopSettings(iterations=3, batch_tokens=MICRO * 2 * 32, seq_len=32, micro_batches=MICRO,
-                            warmup_steps=0, max_wallclock_seconds=None, val_every=0, log_every=1)
+    settings = LoopSettings(
+        iterations=3,
+        batch_tokens=MICRO * 2 * 32,
+        seq_len=32,
+        micro_batches=MICRO,
+        warmup_steps=0,
+        max_wallclock_seconds=None,
+        val_every=0,
+        log_every=1,
+    )
     env = DistEnv(rank, world_size, rank, torch.device("cpu"))
     Trainer(model, model, opt, lambda: GlobalBatchLoader(rank, world_size), settings, env).train()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -138,8 +161,10 @@ def _ranks_train_variants(rank: int, world_size: int) -> dict[str, dict]:
         logging.getLogger("paramgolf").addHandler(handler)
         real = dist.reduce_scatter_tensor
         if name == "fp32_auto_fallback":
+
             def broken(*args, **kwargs):
                 raise RuntimeError("reduce_scatter_tensor is not supported (test)")
+
             dist.reduce_scatter_tensor = broken
         try:
             state = train_three_steps(rank, world_size, overrides)
@@ -190,8 +215,9 @@ def test_two_process_parallel_muon_matches_one_process_muon():
 
 def test_clipping_with_shards_equals_plain_clipping_on_one_process():
     def run(impl: str) -> tuple[dict[str, torch.Tensor], float]:
-        c = to_container(compose(ARCH + ["optimizer=parallel_muon", f"optimizer/muon={impl}",
-                                         "optimizer.grad_clip_norm=0.05"]))
+        c = to_container(
+            compose(ARCH + ["optimizer=parallel_muon", f"optimizer/muon={impl}", "optimizer.grad_clip_norm=0.05"])
+        )
         torch.manual_seed(0)
         model = build_model(c["arch"])
         opt: OptimizerSet = build_optimizer_for(model, c["optimizer"])

@@ -1,4 +1,5 @@
 """Parameter rules: first match wins, unmatched parameters fail loudly, baseline split."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,11 @@ def test_baseline_rules_reproduce_the_official_split():
     assert names(assigned, "tied_embed") == ["tok_emb.weight"]
     assert names(assigned, "head") == []
     matrices = set(names(assigned, "matrices"))
-    assert matrices == {f"blocks.{i}.{m}.weight" for i in range(9)
-                        for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert matrices == {
+        f"blocks.{i}.{m}.weight"
+        for i in range(9)
+        for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")
+    }
     # 2-D control tensors (resid_mix, skip_weights) stay on Adam: their modules declare them
     scalars = set(names(assigned, "scalars"))
     assert {"skip_weights", "blocks.0.resid_mix", "blocks.1.attn.q_gain", "blocks.0.attn_scale"} <= scalars
@@ -123,5 +127,3 @@ def test_summary_reports_empty_rules():
     assert rows["head"]["num_tensors"] == 0 and rows["head"]["num_params"] == 0
     assert rows["tied_embed"]["num_params"] == 1024 * 512
     assert sum(r["num_params"] for r in rows.values()) == sum(p.numel() for p in model.parameters())
-
-

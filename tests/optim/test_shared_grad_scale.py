@@ -1,4 +1,5 @@
 """Depth recurrence: a core used n times gets its gradient × 1/n when the preset asks (#537)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,15 @@ import torch
 from paramgolf.config.compose import compose, to_container
 from paramgolf.runner.build import build_model, build_optimizer_for
 
-ARCH = ["arch=record11", "arch.num_layers=3", "arch.model_dim=32", "arch.vocab_size=64",
-        "arch.attention.num_heads=2", "arch.attention.num_kv_heads=1", "arch.recurrence=[0,1,0]"]
+ARCH = [
+    "arch=record11",
+    "arch.num_layers=3",
+    "arch.model_dim=32",
+    "arch.vocab_size=64",
+    "arch.attention.num_heads=2",
+    "arch.attention.num_kv_heads=1",
+    "arch.recurrence=[0,1,0]",
+]
 
 
 def grads_after_begin_step(scale: bool) -> dict[str, torch.Tensor]:
@@ -44,5 +52,8 @@ def test_grad_scale_for_unknown_parameters_is_refused():
 
     model = build_model(to_container(compose(ARCH))["arch"])
     with pytest.raises(RuntimeError, match="grad_scale names parameters"):  # grad_scale comes from the model
-        OptimizerSet(model.named_parameters(), [ParamRule("matrices", "muon", 0.04, ndim=2),
-                                                ParamRule("rest", "adam", 0.04)], grad_scale={"nope.weight": 0.5})
+        OptimizerSet(
+            model.named_parameters(),
+            [ParamRule("matrices", "muon", 0.04, ndim=2), ParamRule("rest", "adam", 0.04)],
+            grad_scale={"nope.weight": 0.5},
+        )

@@ -1,4 +1,5 @@
 """TTT optimizers (paramgolf.optim.simple): SGD / AdamW against hand formulas, input checks."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """SWA, EMA + SWA and the choice between them: hand-computed averages, also over a real short run."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,8 +63,9 @@ def test_swa_refuses_bad_settings(bad):
 
 def _ema_swa(select: str, source: str = "raw", min_snapshots: int = 2) -> tuple[Toy, EMASWA]:
     model = Toy()
-    avg = EMASWA(EMA(decay=0.5), SWA(every=2, start_lr_scale=0.5), select=select, swa_source=source,
-                 min_snapshots=min_snapshots)
+    avg = EMASWA(
+        EMA(decay=0.5), SWA(every=2, start_lr_scale=0.5), select=select, swa_source=source, min_snapshots=min_snapshots
+    )
     avg.update(model, 0, 1.0)  # EMA starts at w = 0
     for step, scale in ((1, 1.0), (2, 0.4), (3, 0.3), (4, 0.2)):
         set_w(model, float(step))
@@ -75,13 +77,16 @@ def _ema_swa(select: str, source: str = "raw", min_snapshots: int = 2) -> tuple[
 EMA_END, SWA_RAW, SWA_OF_EMA = 3.0625, 3.0, (1.25 + 3.0625) / 2
 
 
-@pytest.mark.parametrize("select, source, min_snapshots, expected, chosen", [
-    ("ema", "raw", 2, EMA_END, "ema"),
-    ("swa", "raw", 2, SWA_RAW, "swa"),
-    ("swa", "ema", 2, SWA_OF_EMA, "swa"),
-    ("swa_if_snapshots", "raw", 2, SWA_RAW, "swa"),
-    ("swa_if_snapshots", "raw", 3, EMA_END, "ema"),  # only 2 snapshots: the rule falls back to EMA
-])
+@pytest.mark.parametrize(
+    "select, source, min_snapshots, expected, chosen",
+    [
+        ("ema", "raw", 2, EMA_END, "ema"),
+        ("swa", "raw", 2, SWA_RAW, "swa"),
+        ("swa", "ema", 2, SWA_OF_EMA, "swa"),
+        ("swa_if_snapshots", "raw", 2, SWA_RAW, "swa"),
+        ("swa_if_snapshots", "raw", 3, EMA_END, "ema"),  # only 2 snapshots: the rule falls back to EMA
+    ],
+)
 def test_ema_swa_rules_fixed_before_evaluation(select, source, min_snapshots, expected, chosen):
     model, avg = _ema_swa(select, source, min_snapshots)
     out = avg.averaged_state_dict(model)
@@ -137,8 +142,17 @@ class Loader:
 
 
 def test_ema_and_swa_over_a_short_training_run_equal_hand_computed_averages():
-    c = to_container(compose(["arch.num_layers=2", "arch.model_dim=32", "arch.vocab_size=64",
-                              "arch.attention.num_heads=2", "arch.attention.num_kv_heads=1"]))
+    c = to_container(
+        compose(
+            [
+                "arch.num_layers=2",
+                "arch.model_dim=32",
+                "arch.vocab_size=64",
+                "arch.attention.num_heads=2",
+                "arch.attention.num_kv_heads=1",
+            ]
+        )
+    )
     torch.manual_seed(0)
     model = build_model(c["arch"])
     opt = build_optimizer_for(model, c["optimizer"])
@@ -148,8 +162,17 @@ def test_ema_and_swa_over_a_short_training_run_equal_hand_computed_averages():
     start = {k: v.detach().double().clone() for k, v in model.state_dict().items()}
     avg.update(model, 0, 1.0)
     rec = Recorder(model, avg)
-    s = LoopSettings(iterations=steps, batch_tokens=128, seq_len=32, micro_batches=1, warmup_steps=0,
-                     max_wallclock_seconds=None, val_every=0, log_every=1, lr_schedule=schedule)
+    s = LoopSettings(
+        iterations=steps,
+        batch_tokens=128,
+        seq_len=32,
+        micro_batches=1,
+        warmup_steps=0,
+        max_wallclock_seconds=None,
+        val_every=0,
+        log_every=1,
+        lr_schedule=schedule,
+    )
     Trainer(model, model, opt, Loader, s, DistEnv(0, 1, 0, torch.device("cpu")), hooks=[rec]).train()
 
     # hand-computed: EMA blends every 2nd step with d**2; SWA averages the even steps whose scale < 0.5

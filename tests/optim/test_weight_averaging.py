@@ -1,4 +1,5 @@
 """EMA math on toy tensors, every=k, start_step, export dtypes and state round trip."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """GPTQ-lite and full GPTQ: never worse than plain rounding where they promise it, and exact plumbing."""
+
 from __future__ import annotations
 
 import pytest
@@ -79,8 +80,10 @@ def test_collect_hessians_matches_hand_computed_and_accumulates_shared_calls():
     m = Tiny()
     batches = [torch.randn(3, 5, 6), torch.randn(2, 5, 6)]
     H = collect_hessians(m, batches)
-    want = sum(x.reshape(-1, 6).T @ x.reshape(-1, 6) + (2 * x).reshape(-1, 6).T @ (2 * x).reshape(-1, 6)
-               for x in batches) / 2
+    want = (
+        sum(x.reshape(-1, 6).T @ x.reshape(-1, 6) + (2 * x).reshape(-1, 6).T @ (2 * x).reshape(-1, 6) for x in batches)
+        / 2
+    )
     assert torch.allclose(H["a.weight"], want, rtol=1e-5, atol=1e-5)
     assert not m.a._forward_hooks  # hooks removed
 

@@ -1,4 +1,5 @@
 """The rule-table quantizer: error bounds, pruning, packing, QAT equality, clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,29 +48,44 @@ def test_round_trip_error_is_within_half_a_step_except_counted_clipped_elements(
 
 
 def test_first_matching_rule_decides_and_floats_stay_floats():
-    table = [{"name": "control", "scheme": "fp32", "pattern": "scale"},
-             {"name": "small", "scheme": "fp16", "max_numel": 100},
-             {"name": "mlp", "scheme": "int", "bits": 5, "pattern": r"\.mlp\."},
-             {"name": "rest", "scheme": "int", "bits": 8}]
+    table = [
+        {"name": "control", "scheme": "fp32", "pattern": "scale"},
+        {"name": "small", "scheme": "fp16", "max_numel": 100},
+        {"name": "mlp", "scheme": "int", "bits": 5, "pattern": r"\.mlp\."},
+        {"name": "rest", "scheme": "int", "bits": 8},
+    ]
     qz = MixedQuantizer(table)
-    state = {"a.attn_scale": torch.randn(10), "b.mlp.fc.weight": torch.randn(32, 16),
-             "c.attn.c_q.weight": torch.randn(32, 16), "tiny": torch.randn(5, 5), "ids": torch.arange(4)}
+    state = {
+        "a.attn_scale": torch.randn(10),
+        "b.mlp.fc.weight": torch.randn(32, 16),
+        "c.attn.c_q.weight": torch.randn(32, 16),
+        "tiny": torch.randn(5, 5),
+        "ids": torch.arange(4),
+    }
     q = qz.quantize(state)
-    assert qz.report.rule_of == {"a.attn_scale": "control", "b.mlp.fc.weight": "mlp", "c.attn.c_q.weight": "rest",
-                                 "tiny": "small", "ids": "raw"}
+    assert qz.report.rule_of == {
+        "a.attn_scale": "control",
+        "b.mlp.fc.weight": "mlp",
+        "c.attn.c_q.weight": "rest",
+        "tiny": "small",
+        "ids": "raw",
+    }
     assert q["b.mlp.fc.weight"].meta["bits"] == 5 and q["c.attn.c_q.weight"].meta["bits"] == 8
     assert torch.equal(dequantize_tensor(q["a.attn_scale"]), state["a.attn_scale"])
     assert torch.equal(dequantize_tensor(q["ids"]), state["ids"])
 
 
-@pytest.mark.parametrize("table, match", [
-    ([{"name": "a", "scheme": "int", "bits": 9}], "bits=9"),
-    ([{"name": "a", "scheme": "int4"}], "scheme='int4'"),
-    ([{"name": "a", "scheme": "int", "clip": "max"}], "clip='max'"),
-    ([{"name": "a", "scheme": "fp16", "patern": "x"}], "unknown key"),
-    ([{"name": "a", "scheme": "fp16", "pattern": "("}], "not a valid regex"),
-    ([], "empty"),
-])
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        ([{"name": "a", "scheme": "int", "bits": 9}], "bits=9"),
+        ([{"name": "a", "scheme": "int4"}], "scheme='int4'"),
+        ([{"name": "a", "scheme": "int", "clip": "max"}], "clip='max'"),
+        ([{"name": "a", "scheme": "fp16", "patern": "x"}], "unknown key"),
+        ([{"name": "a", "scheme": "fp16", "pattern": "("}], "not a valid regex"),
+        ([], "empty"),
+    ],
+)
 def test_bad_tables_are_refused_with_the_key_named(table, match):
     with pytest.raises(ValueError, match=match):
         MixedQuantizer(table)
@@ -89,8 +105,9 @@ def test_pruning_per_tensor_and_global():
         zeroed = int((out[name] == 0).sum()) - int((t == 0).sum())
         assert abs(zeroed - 0.03 * t.numel()) <= 2, (name, zeroed)
     assert per.report.pruned.keys() == {"a", "b"}  # "small" is below prune_min_numel
-    glob = MixedQuantizer([{"name": "f", "scheme": "fp32"}], prune_fraction=0.03, prune_scope="global",
-                          prune_min_numel=1000)
+    glob = MixedQuantizer(
+        [{"name": "f", "scheme": "fp32"}], prune_fraction=0.03, prune_scope="global", prune_min_numel=1000
+    )
     outg = dequantize_state(glob.quantize({"a": a, "b": b}))
     total = sum(glob.report.pruned.values())
     assert abs(total - 0.03 * (a.numel() + b.numel())) <= 2
@@ -103,7 +120,9 @@ def test_pruning_per_tensor_and_global():
 @pytest.mark.parametrize("bits", [5, 6, 7])
 def test_packed_and_container_artifacts_hold_the_same_weights(bits):
     state = {"w": heavy_tailed(33, 70), "v": torch.randn(9)}
-    qz = MixedQuantizer([{"name": "small", "scheme": "fp32", "max_numel": 10}, {"name": "m", "scheme": "int", "bits": bits}])
+    qz = MixedQuantizer(
+        [{"name": "small", "scheme": "fp32", "max_numel": 10}, {"name": "m", "scheme": "int", "bits": bits}]
+    )
     q = qz.quantize(state)
     packed = pack_state(q)
     assert packed["w"].scheme == "intn_row_packed"
@@ -127,16 +146,27 @@ def test_auto_packing_keeps_the_smaller_measured_artifact():
         build_artifact(qz, Zlib(), state, {}, {}, packing="dense")
 
 
-QAT_TABLE = [{"name": "floats", "scheme": "fp32", "pattern": "^(tok_emb|bigram)|scale|mix|gain|skip"},
-             {"name": "small", "scheme": "fp32", "ndim": 1},
-             {"name": "mlp", "scheme": "int", "bits": 5, "pattern": r"\.mlp\.", "clip": "rowmax"},
-             {"name": "attn", "scheme": "int", "bits": 6, "clip": "quantile", "clip_quantile": 0.9995,
-              "scale_floor": 0.001}]
+QAT_TABLE = [
+    {"name": "floats", "scheme": "fp32", "pattern": "^(tok_emb|bigram)|scale|mix|gain|skip"},
+    {"name": "small", "scheme": "fp32", "ndim": 1},
+    {"name": "mlp", "scheme": "int", "bits": 5, "pattern": r"\.mlp\.", "clip": "rowmax"},
+    {"name": "attn", "scheme": "int", "bits": 6, "clip": "quantile", "clip_quantile": 0.9995, "scale_floor": 0.001},
+]
 
 
 def _small_model():
-    c = to_container(compose(["arch=record11", "arch.num_layers=2", "arch.model_dim=64", "arch.vocab_size=64",
-                              "arch.attention.num_heads=4", "arch.attention.num_kv_heads=2"]))
+    c = to_container(
+        compose(
+            [
+                "arch=record11",
+                "arch.num_layers=2",
+                "arch.model_dim=64",
+                "arch.vocab_size=64",
+                "arch.attention.num_heads=4",
+                "arch.attention.num_kv_heads=2",
+            ]
+        )
+    )
     torch.manual_seed(0)
     model = build_model(c["arch"])
     with torch.no_grad():
@@ -197,6 +227,7 @@ def test_qat_needs_a_rule_table_quantizer():
 
 def test_calibrating_on_validation_data_is_refused():
     from paramgolf.runner.plan import build_plan
+
     c = to_container(compose(["experiment=smoke", "quant=int6_gptq", "quant.calibration.source=validation"]))
     with pytest.raises(ValueError, match="validation is refused"):
         build_plan(c, world_size=1)

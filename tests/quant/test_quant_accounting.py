@@ -1,4 +1,5 @@
 """Static import closure and code bytes, on real paramgolf modules and on a fake package."""
+
 from __future__ import annotations
 
 import importlib
@@ -94,7 +95,13 @@ def test_errors(fake_package):
 def test_real_paramgolf_closure():
     closure = import_closure(["paramgolf.quant.artifact"])
     assert closure == sorted(closure)
-    needed = ["paramgolf", "paramgolf.quant", "paramgolf.quant.artifact", "paramgolf.quant.codecs", "paramgolf.quant.schemes"]
+    needed = [
+        "paramgolf",
+        "paramgolf.quant",
+        "paramgolf.quant.artifact",
+        "paramgolf.quant.codecs",
+        "paramgolf.quant.schemes",
+    ]
     assert set(needed) <= set(closure)
     assert "paramgolf.quant.estimate" not in closure and "paramgolf.quant.accounting" not in closure
     assert "paramgolf.quant.artifact" in import_closure(["paramgolf.quant.estimate"])

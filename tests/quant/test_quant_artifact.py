@@ -1,9 +1,9 @@
 """Artifact files: exact round trip, refusal of damaged or foreign files, no pickle anywhere."""
+
 from __future__ import annotations
 
 import functools
 import io
-import os
 import pickle
 import struct
 import zlib

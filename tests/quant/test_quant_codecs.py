@@ -1,4 +1,5 @@
 """Every codec round-trips, and codec_by_name reads any setting of its codec."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,24 @@ def _brotli(*args):
     return Brotli(*args)
 
 
-SEVEN = [SevenZip(), SevenZip("lzma2", 1), SevenZip("lzma"), SevenZip("ppmd"), SevenZip("ppmd", ppmd_order=16, ppmd_mem=24),
-         SevenZip("bzip2"), SevenZip("deflate"), SevenZip(filter="bcj"), SevenZip(filter="delta", delta_distance=4)]
+SEVEN = [
+    SevenZip(),
+    SevenZip("lzma2", 1),
+    SevenZip("lzma"),
+    SevenZip("ppmd"),
+    SevenZip("ppmd", ppmd_order=16, ppmd_mem=24),
+    SevenZip("bzip2"),
+    SevenZip("deflate"),
+    SevenZip(filter="bcj"),
+    SevenZip(filter="delta", delta_distance=4),
+]
 
 
-@pytest.mark.parametrize("codec", [Raw(), Zlib(), Zlib(1), Zstd(), Zstd(3), Zstd(22), Lzma(), Lzma(6, False, 3, 0, 2),
-                                   Lzma(9, True), *SEVEN], ids=repr)
+@pytest.mark.parametrize(
+    "codec",
+    [Raw(), Zlib(), Zlib(1), Zstd(), Zstd(3), Zstd(22), Lzma(), Lzma(6, False, 3, 0, 2), Lzma(9, True), *SEVEN],
+    ids=repr,
+)
 def test_round_trip_and_read_back_by_name(codec):
     assert isinstance(codec, Codec)
     for data in SAMPLES:
@@ -36,9 +49,16 @@ def test_brotli_round_trips():
             assert codec_by_name("brotli").decompress(codec.compress(data)) == data
 
 
-@pytest.mark.parametrize("bad, match", [(dict(method="lz4"), "method"), (dict(filter="arm"), "filter"),
-                                        (dict(preset=10), "preset"), (dict(delta_distance=0), "delta_distance"),
-                                        (dict(ppmd_mem=40), "ppmd_mem")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(method="lz4"), "method"),
+        (dict(filter="arm"), "filter"),
+        (dict(preset=10), "preset"),
+        (dict(delta_distance=0), "delta_distance"),
+        (dict(ppmd_mem=40), "ppmd_mem"),
+    ],
+)
 def test_7z_settings_are_checked(bad, match):
     with pytest.raises(ValueError, match=f"quant.codec.*{match}"):
         SevenZip(**bad)
@@ -48,6 +68,7 @@ def test_7z_is_a_real_archive():
     import io
 
     import py7zr
+
     blob = SevenZip("ppmd").compress(b"parameter golf " * 100)
     assert blob[:6] == b"7z\xbc\xaf\x27\x1c"
     with py7zr.SevenZipFile(io.BytesIO(blob)) as z:
@@ -88,6 +109,7 @@ def test_artifacts_written_with_each_codec_read_back_exactly(codec, tmp_path):
 
     from paramgolf.quant.artifact import read_artifact, write_artifact
     from paramgolf.quant.mixed import MixedQuantizer
+
     state = {"w": torch.randn(64, 48), "g": torch.rand(48)}
     q = MixedQuantizer([{"name": "v", "scheme": "fp32", "ndim": 1}, {"name": "m", "scheme": "int", "bits": 6}])
     qstate = q.quantize(state)
@@ -101,6 +123,7 @@ def test_artifacts_written_with_each_codec_read_back_exactly(codec, tmp_path):
 def test_budget_all_codecs_lists_every_codec_on_the_same_state(monkeypatch, tmp_path):
     from paramgolf.config.compose import compose, setup, to_container
     from paramgolf.runner.budget import budget_report
+
     setup()
     c = to_container(compose(["experiment=smoke"]))
     out = budget_report(c, all_codecs=True)

@@ -1,4 +1,5 @@
 """Pre-training size estimate: calibrated on the official baseline, deterministic, fast."""
+
 from __future__ import annotations
 
 import functools

@@ -4,6 +4,7 @@
 written out with torch.quantile and plain ops; the rule table must give the same records bit for bit
 (the smoke run's artifact and val_bpb, and every existing int8 artifact, depend on it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,17 @@ from paramgolf.quant.schemes import QuantizedTensor, dequantize_tensor
 from paramgolf.runner.build import build_model
 
 Q = 0.9999984  # INT8_CLIP_PERCENTILE / 100
-OFFICIAL_FP32_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-                          "q_gain", "skip_weight", "skip_weights")
+OFFICIAL_FP32_PATTERNS = (
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+)
 
 
 def official_export(state: dict[str, torch.Tensor], keep_float_max_numel: int = 65536) -> dict[str, QuantizedTensor]:
@@ -62,9 +72,13 @@ def official_export(state: dict[str, torch.Tensor], keep_float_max_numel: int = 
 
 
 @functools.cache
-def preset(quant: str = "int8_zlib", keep: int | None = None, experiment: str = "smoke") -> tuple[MixedQuantizer, int, dict]:
+def preset(
+    quant: str = "int8_zlib", keep: int | None = None, experiment: str = "smoke"
+) -> tuple[MixedQuantizer, int, dict]:
     """(the preset's quantizer, its keep_float_max_numel, the composed config)."""
-    overrides = [f"experiment={experiment}", f"quant={quant}"] + ([] if keep is None else [f"quant.keep_float_max_numel={keep}"])
+    overrides = [f"experiment={experiment}", f"quant={quant}"] + (
+        [] if keep is None else [f"quant.keep_float_max_numel={keep}"]
+    )
     c = to_container(compose(overrides))
     quantizer = hydra.utils.instantiate(c["quant"]["quantizer"])
     assert isinstance(quantizer, MixedQuantizer)
@@ -156,7 +170,9 @@ def test_odd_tensors_are_exported_as_the_official_baseline(keep, seed):
     state = odd_state(seed)
     expected = official_export(state, keep_numel)
     control_kept = keep_numel >= 512  # the smallest control tensor here has 512 elements
-    assert {qt.scheme for qt in expected.values()} == {"raw", "fp16", "int8_row", "int8_tensor"} | ({"fp32"} if control_kept else set())
+    assert {qt.scheme for qt in expected.values()} == {"raw", "fp16", "int8_row", "int8_tensor"} | (
+        {"fp32"} if control_kept else set()
+    )
     assert_same_records(expected, quantizer.quantize(state))
 
 
@@ -292,8 +308,13 @@ def test_qat_forward_equals_the_exported_weights():
 
 
 def test_record_options_and_errors():
-    for bad in ({"record": "int4_row"}, {"record": "int8_row", "bits": 6}, {"record": "int8_tensor", "clip": "search"},
-                {"scale_rounding": "later"}, {"scale_rounding": "after", "clip": "gptq"}):
+    for bad in (
+        {"record": "int4_row"},
+        {"record": "int8_row", "bits": 6},
+        {"record": "int8_tensor", "clip": "search"},
+        {"scale_rounding": "later"},
+        {"scale_rounding": "after", "clip": "gptq"},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             QuantRule("m", "int", **bad)
     with pytest.raises(ValueError, match="dtypes"):

@@ -1,4 +1,5 @@
 """The artifact reader knows every scheme a quantizer writes, in a fresh process, by import alone."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,14 @@ print(json.dumps({"schemes": schemes, "modules": quant_modules}))
 
 
 def _python(code: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=PACKAGE_ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=PACKAGE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,5 @@
 """The dequantizer table: dtype/shape restoration and clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ from paramgolf.quant.schemes import (
 
 def test_known_schemes():
     # Every scheme a quantizer writes, known without importing any quantizer module.
-    assert known_schemes() == sorted(["int8_row", "int8_tensor", "intn_row", "intn_row_packed",
-                                      "fp16", "bf16", "fp32", "raw"])
+    assert known_schemes() == sorted(
+        ["int8_row", "int8_tensor", "intn_row", "intn_row_packed", "fp16", "bf16", "fp32", "raw"]
+    )
     assert known_schemes() == sorted(DEQUANTIZERS)
 
 
@@ -26,8 +28,9 @@ def test_intn_records_dequantize_from_the_table():
     q = torch.tensor([[1, -31], [0, 5]], dtype=torch.int8)
     scale = torch.tensor([0.5, 2.0]).half()
     plain = QuantizedTensor("intn_row", (2, 2), "float32", {"q": q, "scale": scale}, {"bits": 6})
-    packed = QuantizedTensor("intn_row_packed", (2, 2), "float32", {"packed": pack_codes(q, 6), "scale": scale},
-                             {"bits": 6})
+    packed = QuantizedTensor(
+        "intn_row_packed", (2, 2), "float32", {"packed": pack_codes(q, 6), "scale": scale}, {"bits": 6}
+    )
     expected = torch.tensor([[0.5, -15.5], [0.0, 10.0]])
     assert torch.equal(dequantize_tensor(plain), expected) and torch.equal(dequantize_tensor(packed), expected)
     with pytest.raises(ValueError, match="6-bit range"):

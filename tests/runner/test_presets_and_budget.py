@@ -1,4 +1,5 @@
 """Every experiment preset runs two steps when shrunk; the budget estimate matches reality."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,24 @@ from paramgolf.runner.budget import budget_report
 from paramgolf.runner.pipeline import run
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-SHRINK = ["data=synthetic", "logger=none", "arch.model_dim=128", "arch.vocab_size=512", "eval.seq_len=64",
-          "train.iterations=2", "train.warmup_steps=1", "train.batch_tokens=1024", "train.seq_len=64",
-          "train.micro_batches=1", "train.max_wallclock_seconds=null", "train.progress=false",
-          "eval.progress=false", "eval.batch_tokens=4096", "data.val_max_tokens=4096",
-          "quant.keep_float_max_numel=1024"]  # the shrunk matrices are quantized as the full ones would be
+SHRINK = [
+    "data=synthetic",
+    "logger=none",
+    "arch.model_dim=128",
+    "arch.vocab_size=512",
+    "eval.seq_len=64",
+    "train.iterations=2",
+    "train.warmup_steps=1",
+    "train.batch_tokens=1024",
+    "train.seq_len=64",
+    "train.micro_batches=1",
+    "train.max_wallclock_seconds=null",
+    "train.progress=false",
+    "eval.progress=false",
+    "eval.batch_tokens=4096",
+    "data.val_max_tokens=4096",
+    "quant.keep_float_max_numel=1024",
+]  # the shrunk matrices are quantized as the full ones would be
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +47,7 @@ def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
     schemes = {sch for g in r["quant"]["groups"].values() for sch in g["schemes"]}
     assert any(sch.startswith("int") for sch in schemes), schemes  # the preset's quantizer really ran
     from paramgolf.quant.artifact import read_artifact
+
     art = read_artifact(tmp_path / "model.pgart")  # training-only parts never reach the artifact
     assert not any(k.startswith("mtp.") for k in art.state_dict) and art.arch_config.get("mtp") is None
 
@@ -40,6 +55,7 @@ def test_every_preset_runs_two_steps_shrunk(preset, tmp_path):
 @pytest.mark.slow
 def test_ema_averaging_exports_the_averaged_weights(tmp_path):
     from paramgolf.quant.artifact import load_weights
+
     c = to_container(compose(["experiment=smoke", *SHRINK, "train/averaging=ema", "train.averaging.decay=0.5"]))
     assert run(c, tmp_path, 0, 1) == 0
     kept, _ = load_weights(tmp_path / "weights.safetensors")
@@ -54,9 +70,20 @@ def test_ema_averaging_exports_the_averaged_weights(tmp_path):
 
 @pytest.mark.slow
 def test_validation_selected_averaging_is_recorded_and_labelled_non_compliant(tmp_path):
-    c = to_container(compose(["experiment=smoke", *SHRINK, "train.iterations=4", "train/averaging=ema_swa",
-                              "train.averaging.select=best_on_validation", "train.averaging.swa.every=1",
-                              "train.averaging.swa.start_lr_scale=1.0", "train.averaging.ema.decay=0.5"]))
+    c = to_container(
+        compose(
+            [
+                "experiment=smoke",
+                *SHRINK,
+                "train.iterations=4",
+                "train/averaging=ema_swa",
+                "train.averaging.select=best_on_validation",
+                "train.averaging.swa.every=1",
+                "train.averaging.swa.start_lr_scale=1.0",
+                "train.averaging.ema.decay=0.5",
+            ]
+        )
+    )
     assert run(c, tmp_path, 0, 1) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     a = r["averaging"]
@@ -82,9 +109,18 @@ def test_rule_chosen_averaging_stays_compliant_and_records_before_and_after(tmp_
 
 @pytest.mark.slow
 def test_full_gptq_calibration_is_charged_to_the_training_time(tmp_path):
-    c = to_container(compose(["experiment=pr1263", *SHRINK, "train.max_wallclock_seconds=600",
-                              "quant.calibration.batches=3", "quant.calibration.batch_seqs=2",
-                              "quant.keep_float_max_numel=1024"]))  # so the shrunk matrices are quantized
+    c = to_container(
+        compose(
+            [
+                "experiment=pr1263",
+                *SHRINK,
+                "train.max_wallclock_seconds=600",
+                "quant.calibration.batches=3",
+                "quant.calibration.batch_seqs=2",
+                "quant.keep_float_max_numel=1024",
+            ]
+        )
+    )  # so the shrunk matrices are quantized
     assert run(c, tmp_path, 0, 1) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["calibration_reserved_s"] == 10.0 and r["calibration_time_s"] > 0
@@ -94,14 +130,21 @@ def test_full_gptq_calibration_is_charged_to_the_training_time(tmp_path):
     assert r["quant"]["groups"]["attn_mlp"]["tensors"] == 11 * 6
 
 
-LOGGED_PARAMS = {"baseline": 17_059_912, "pr549": 26_928_220, "pr537": 24_634_452, "pr620": 26_829_913,
-                 "pr754": 26_809_543, "pr1263": 26_993_756,
-                 "pr1185": 28_087_499}  # #1185: its head code with MTP (27,038,923 exported); logs differ  # docs/records/*.md, model_params log lines
+LOGGED_PARAMS = {
+    "baseline": 17_059_912,
+    "pr549": 26_928_220,
+    "pr537": 24_634_452,
+    "pr620": 26_829_913,
+    "pr754": 26_809_543,
+    "pr1263": 26_993_756,
+    "pr1185": 28_087_499,
+}  # #1185: its head code with MTP (27,038,923 exported); logs differ  # docs/records/*.md, model_params log lines
 
 
 @pytest.mark.parametrize("preset", sorted(LOGGED_PARAMS))
 def test_presets_have_the_records_parameter_counts(preset):
     from paramgolf.runner.build import build_model
+
     with torch.device("meta"):
         model = build_model(compose([f"experiment={preset}"]).arch)
     assert sum(p.numel() for p in model.parameters()) == LOGGED_PARAMS[preset]
@@ -110,6 +153,7 @@ def test_presets_have_the_records_parameter_counts(preset):
 @pytest.mark.slow
 def test_periodic_validation_is_logged_and_not_counted_as_training_time(tmp_path):
     from paramgolf.tracking.jsonl import read_metrics
+
     c = to_container(compose(["experiment=smoke", *SHRINK, "train.iterations=3", "train.val_every=1"]))
     assert run(c, tmp_path, 0, 1) == 0
     rows = read_metrics(tmp_path / "metrics.jsonl")

@@ -1,4 +1,5 @@
 """The train loop: warm-up rollback, wallclock stop, hooks, batch plan."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,14 +34,32 @@ class FixedLoader(RandomLoader):
 
 
 def make_trainer(warmup=0, iterations=4, cap=None, hooks=None, micro_batches=2, loader=RandomLoader):
-    c = to_container(compose(["arch.num_layers=2", "arch.model_dim=32", f"arch.vocab_size={VOCAB}",
-                              "arch.attention.num_heads=2", "arch.attention.num_kv_heads=1"]))
+    c = to_container(
+        compose(
+            [
+                "arch.num_layers=2",
+                "arch.model_dim=32",
+                f"arch.vocab_size={VOCAB}",
+                "arch.attention.num_heads=2",
+                "arch.attention.num_kv_heads=1",
+            ]
+        )
+    )
     torch.manual_seed(0)
     model = build_model(c["arch"])
     opt = build_optimizer_for(model, c["optimizer"])
     schedule = WarmdownSchedule(iterations=iterations, max_wallclock_s=cap, warmdown_iters=2)
-    s = LoopSettings(iterations=iterations, batch_tokens=256, seq_len=32, micro_batches=micro_batches,
-                     warmup_steps=warmup, max_wallclock_seconds=cap, val_every=0, log_every=1, lr_schedule=schedule)
+    s = LoopSettings(
+        iterations=iterations,
+        batch_tokens=256,
+        seq_len=32,
+        micro_batches=micro_batches,
+        warmup_steps=warmup,
+        max_wallclock_seconds=cap,
+        val_every=0,
+        log_every=1,
+        lr_schedule=schedule,
+    )
     return Trainer(model, model, opt, loader, s, DistEnv(0, 1, 0, torch.device("cpu")), hooks=hooks)
 
 

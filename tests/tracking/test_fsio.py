@@ -1,4 +1,5 @@
 """paramgolf.fsio: atomic writes and JSON coercion shared by data and tracking."""
+
 from __future__ import annotations
 
 import json

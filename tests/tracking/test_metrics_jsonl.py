@@ -1,4 +1,5 @@
 """metrics.jsonl: one flushed line per log call, read back in order."""
+
 from __future__ import annotations
 
 import json

@@ -1,7 +1,6 @@
 """NullLogger accepts the whole logger protocol and writes nothing."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 from paramgolf.tracking.base import Logger, NullLogger
 
@@ -15,8 +14,3 @@ def test_null_logger_accepts_every_call_and_writes_nothing(tmp_path):
     logger.log_artifact(tmp_path / "missing.bin", "model", "model", {})
     logger.finish(exit_code=1)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_logger_base_is_abstract():
-    with pytest.raises(TypeError):
-        Logger()  # type: ignore[abstract]

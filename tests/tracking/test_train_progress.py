@@ -1,4 +1,5 @@
 """Console progress bar and the final summary block."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 The autouse fixture in tests/conftest.py points every WANDB_* dir at tmp_path and sets
 WANDB_MODE=offline, so nothing here touches the home dir or the network.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ package reads that log with `wandb leet inspect` (its bundled wandb-core binary)
 `--json` prints every record as one JSON object per line. This module only calls those
 two commands and picks fields out of their JSON; it does not parse the binary format.
 """
+
 from __future__ import annotations
 
 import json
