@@ -120,6 +120,7 @@ def test_artifacts_written_with_each_codec_read_back_exactly(codec, tmp_path):
     assert (art.state_dict["w"] - state["w"]).abs().max() < 0.1
 
 
+@pytest.mark.slow
 def test_budget_all_codecs_lists_every_codec_on_the_same_state(monkeypatch, tmp_path):
     from paramgolf.config.compose import compose, setup, to_container
     from paramgolf.runner.budget import budget_report

@@ -49,6 +49,7 @@ def counted_run(tmp_path, monkeypatch):
     return c, built, calls, json.loads((tmp_path / "run" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_component_is_built_once_and_the_validation_split_read_once(counted_run):
     c, built, calls, results = counted_run
     expected = {c[g]["_target_"] for g in ("arch", "optimizer", "eval", "data", "ttt", "eval_cache", "logger")}
