@@ -14,7 +14,7 @@ calibration fits the cap (the challenge counts calibration as training time).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,10 +123,11 @@ class Calibration:
         model: nn.Module,
         state: dict[str, Tensor],
         data: CalibrationData,
+        roles: Mapping[str, str] | None = None,
         say: Callable[[str], None] = lambda m: None,
     ) -> CalibrationResult | None:
-        """Hessians for the quantizer's GPTQ tensors (None when it needs none), timed."""
-        roles = model.parameter_roles() if hasattr(model, "parameter_roles") else None
+        """Hessians for the quantizer's GPTQ tensors (None when it needs none), timed; `roles`: the model's
+        declared parameter roles, for table rows that match by role."""
         names = quantizer.gptq_names(state, roles) if self.needed(quantizer) else set()
         if not names:
             return None

@@ -52,20 +52,19 @@ class ExportRecipe:
         model: nn.Module | None = None,
         data: CalibrationData | None = None,
         train_time_s: float | None = None,
-        cap_s: float | None = None,
         say: Callable[[str], None] = lambda m: None,
     ) -> tuple[bytes, dict[str, Any]]:
         """(artifact bytes, report); `model` (holding `state`) and `data` are needed when the quantizer calibrates.
 
         The report holds the export's per-group bytes and timings, plus `calibration` (seconds, and
-        training + calibration against `cap_s` when `train_time_s` is given) when it calibrated.
+        training + calibration against `wallclock_cap_s` when `train_time_s` is given) when it calibrated.
         """
-        cal, cap_s = None, cap_s if cap_s is not None else self.wallclock_cap_s
+        cal, cap_s = None, self.wallclock_cap_s
+        roles = model.parameter_roles() if model is not None else None
         if self.calibrates:
             if model is None or data is None:
                 raise RuntimeError("a GPTQ quantizer needs the model and calibration data to export")
-            cal = self.calibration.run(self.quantizer, model, state, data, say=say)
-        roles = model.parameter_roles() if model is not None else None
+            cal = self.calibration.run(self.quantizer, model, state, data, roles=roles, say=say)
         blob, report = build_artifact(
             self.quantizer,
             self.codec,

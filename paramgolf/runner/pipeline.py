@@ -50,7 +50,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rank: int, world_size: int, plan:
                 )
             D.barrier()
         with out.stage("score"):
-            res.score = S.score_stage(artifact, score, p.scoring, out, step=summary.steps)
+            pre = res.averaging.pre_quant_val_bpb
+            res.score = S.score_stage(artifact, score, p.scoring, out, step=summary.steps, pre_quant_val_bpb=pre)
         with out.stage("report"):
             return S.report(out, artifact)
     finally:

@@ -45,7 +45,7 @@ class Training:
     averaging: Any
     qat: LateQAT | None  # None: no QAT
     quantizer: Any  # what QAT fake-quantizes with (the export's)
-    full_cap_s: float | None  # the configured wallclock cap
+    calibration_reserve_s: float | None  # seconds of the configured cap kept for GPTQ calibration
 
 
 @dataclass
@@ -145,17 +145,18 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
     model = build_model(c["arch"])
     optimizer = instantiate_unwrapped(c["optimizer"])
     dry_run_optimizer(optimizer, model)
+    cap = loop.max_wallclock_seconds
     export = ExportRecipe(
         instantiate_unwrapped(q["quantizer"]),
         instantiate_unwrapped(q["codec"]),
         q["packing"],
         instantiate_unwrapped(q["calibration"]),
         arch=c["arch"],
+        wallclock_cap_s=cap,
     )
     qat = LateQAT.plan(export.quantizer, **q["qat"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
-    cap = loop.max_wallclock_seconds
     loop.max_wallclock_seconds = export.training_cap(cap)
-    export.wallclock_cap_s = cap
+    reserved = cap - loop.max_wallclock_seconds if cap and loop.max_wallclock_seconds != cap else None
     runtime = Runtime(
         device=t["device"],
         autocast=t["autocast"],
@@ -174,7 +175,7 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         model=model,
         vocab_size=c["arch"]["vocab_size"],
         runtime=runtime,
-        training=Training(optimizer, loop, averaging, qat, export.quantizer, full_cap_s=cap),
+        training=Training(optimizer, loop, averaging, qat, export.quantizer, calibration_reserve_s=reserved),
         export=export,
         scoring=Scoring(
             evaluator,

@@ -123,7 +123,8 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
                 )
         with out.stage("score"):
             score = S.Scorer(plan.scoring.evaluator, data.val, env, autocast)
-            res.score = S.score_stage(artifact, score, plan.scoring, out, step=0)
+            pre = src.get("pre_quant_val_bpb")  # the source run's, before its round trip
+            res.score = S.score_stage(artifact, score, plan.scoring, out, step=0, pre_quant_val_bpb=pre)
         return S.report(out)
     finally:
         out.close()

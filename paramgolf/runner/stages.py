@@ -134,6 +134,7 @@ class Validation:
     num_split_tokens: int
     num_split_bytes: int  # scored bytes of the whole split: positions 1..
     byte_table: Any  # on the run's device
+    entropy_floor_bpb: float | None = None  # the source's entropy rate, when known (synthetic data)
 
 
 @dataclass
@@ -150,7 +151,11 @@ def load_data(source: Any, evaluator: Any, vocab_size: int, device: torch.device
     split = ds.validation_tokens(1)
     check_token_ids(ds, split, vocab_size)
     val = Validation(
-        evaluator.scored_tokens(split), int(split.numel()), byte_table.count_stream(split), byte_table.to(device)
+        evaluator.scored_tokens(split),
+        int(split.numel()),
+        byte_table.count_stream(split),
+        byte_table.to(device),
+        ds.entropy_bits_per_byte,
     )
     info = DataInfo(
         dataset=ds.name,
@@ -234,7 +239,7 @@ def train(
     validate: Callable[[int], None] | None = None,
 ) -> tuple[TrainSummary, TrainInfo]:
     """The train loop with its hooks (QAT, weight averaging), progress and metrics."""
-    model, loop, averaging, full_cap_s = placed.model, training.loop, training.averaging, training.full_cap_s
+    model, loop, averaging, reserved = placed.model, training.loop, training.averaging, training.calibration_reserve_s
     optimizer, qat = training.optimizer, training.qat
     optimizers = optimizer(
         list(model.named_parameters()), param_uses=model.parameter_uses(), param_roles=model.parameter_roles()
@@ -245,9 +250,6 @@ def train(
                 f"optimizer_group {g['name']}: {g['optimizer']} lr={g['base_lr']} wd={g['weight_decay']} "
                 f"tensors={g['num_tensors']} params={g['num_params']:,}"
             )
-    reserved = (
-        (full_cap_s - loop.max_wallclock_seconds) if full_cap_s and loop.max_wallclock_seconds != full_cap_s else None
-    )
     if reserved:
         out.say(
             f"wallclock: training stops at {loop.max_wallclock_seconds:.0f}s, {reserved:.0f}s kept for GPTQ calibration"
@@ -462,21 +464,23 @@ def score_artifact(
     )
 
 
-def score_stage(path: Path, score: Scorer, scoring: Scoring, out: RunOutput, *, step: int) -> ScoreInfo:
-    """Measure the artifact's bytes (recorded before evaluating), then score it; logs both."""
-    res = out.results
-    res.artifact = art = measure_artifact(path, scoring.code_roots, scoring.budget_bytes)
+def score_stage(
+    path: Path, score: Scorer, scoring: Scoring, out: RunOutput, *, step: int, pre_quant_val_bpb: float | None
+) -> ScoreInfo:
+    """Measure the artifact's bytes (recorded before evaluating), then score it; logs both.
+
+    `pre_quant_val_bpb`: the exported weights' score before the round trip (for `round_trip_gap_bpb`).
+    """
+    out.results.artifact = art = measure_artifact(path, scoring.code_roots, scoring.budget_bytes)
     out.file.write()  # the bytes are known even if evaluation fails
-    pre = res.averaging.pre_quant_val_bpb if res.averaging else None
-    floor = res.data.entropy_floor_bpb if res.data else None
     s = score_artifact(
         path,
         score,
         scoring.ttt,
         scoring.eval_cache,
         selected_on_validation=scoring.selected_on_validation,
-        pre_quant_val_bpb=pre,
-        entropy_floor_bpb=floor,
+        pre_quant_val_bpb=pre_quant_val_bpb,
+        entropy_floor_bpb=score.val.entropy_floor_bpb,
     )
     out.log(
         {
