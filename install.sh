@@ -9,7 +9,9 @@ PY="${PYTHON:-python}"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)')"
+# Read the version from the package metadata: importing torch before numpy is installed
+# prints "Failed to initialize NumPy".
+TORCH_VERSION="$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 echo "install.sh: using torch ${TORCH_VERSION}"
 pin="$(mktemp)"
 trap 'rm -f "$pin"' EXIT

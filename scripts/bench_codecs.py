@@ -2,7 +2,8 @@
 
 The state is the preset's surrogate trained weights (paramgolf-budget's estimate), quantized once
 with the preset's quantizer; each codec then compresses the same payload (int8 containers and
-bit-packed codes, the smaller kept) and is timed compressing and decompressing it.
+bit-packed codes, the smaller kept) and is timed compressing and decompressing it. A codec that
+fails (7z/ppmd crashes on some payloads, in its own child process) is listed as failed, with why.
 
     python scripts/bench_codecs.py                 # pr754
     python scripts/bench_codecs.py experiment=pr537
@@ -47,6 +48,8 @@ def main() -> None:
             f"{r['decompress_s']:>7.2f}",
             file=sys.stderr,
         )
+        if r.get("error"):  # the other packing failed
+            print(f"{'':<76}  failed: {r['error']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`paramgolf-data`: build, inspect and download challenge-format datasets."""
+"""`paramgolf-data`: build, inspect, download and record the tokenizer of challenge-format datasets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from paramgolf.data.build import DEFAULT_SHARD_TOKENS, build_dataset
 from paramgolf.data.hub import DEFAULT_REPO_ID, download
+from paramgolf.data.manifest import record_tokenizer
 from paramgolf.data.shard_stats import inspect_shard
 from paramgolf.errors import UserError
 
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print token/byte statistics of one shard as JSON")
     i.add_argument("shard")
     i.add_argument("--tokenizer", required=True)
+
+    m = sub.add_parser(
+        "manifest", help="record which tokenizer wrote a dataset's shards (for data made before manifests)"
+    )
+    m.add_argument("data_dir", help="directory holding fineweb_{train,val}_*.bin")
+    m.add_argument("--tokenizer", required=True, help="the SentencePiece model the shards were written with")
+    m.add_argument("--force", action="store_true", help="replace a manifest that records another tokenizer")
 
     d = sub.add_parser("download", help="download challenge shards and tokenizer from the Hugging Face Hub")
     d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, byte260, ...")
@@ -55,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "inspect":
             result = inspect_shard(args.shard, args.tokenizer)
+        elif args.command == "manifest":
+            result = record_tokenizer(args.data_dir, args.tokenizer, args.force)
         else:
             result = download(args.variant, args.train_shards, args.out, args.repo_id, args.with_docs)
             result = {**result, "downloaded": len(result["downloaded"]), "skipped": len(result["skipped"])}

@@ -1,7 +1,9 @@
 """`paramgolf-eval RUN_DIR [overrides]`: rebuild the model from the run's artifact and evaluate it.
 
 Overrides of the `quant` group (e.g. `quant=int8_zstd`) re-quantize the run's kept
-full-precision weights first; `eval=sliding` etc. change the evaluation.
+full-precision weights first (also when the run has no artifact); `eval=sliding` etc. change
+the evaluation. The run directory is untrusted: its saved config may name only paramgolf's
+own components and no resolvers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "overrides",
         nargs="*",
+        default=[],  # without a default, argparse lists a '*' positional as required in its error
         metavar="OVERRIDE",
         help="Hydra overrides of eval, quant, ttt, eval_cache, data, budget_bytes, "
         "train.device, train.autocast; e.g. eval=sliding quant=int8_zstd",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import secrets
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +21,63 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 HYDRA_META_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-def _run_id() -> str:
-    """One id for every rank of a launch: torchrun's TORCHELASTIC_RUN_ID, else a timestamp."""
-    rid = os.environ.get("TORCHELASTIC_RUN_ID")
-    if rid and os.environ.get("PARAMGOLF_WORKER") != "1":
-        return f"torchrun-{rid}"
-    return time.strftime("%Y-%m-%d/%H-%M-%S")
+def _torchrun_id() -> str:
+    """One id shared by every local rank of a torchrun launch, different for every launch.
+
+    torchrun --standalone gives each launch a fresh TORCHELASTIC_RUN_ID; without it the id is the
+    literal "none" for every launch, so the ranks' parent (torchrun's agent) and its start time stand in.
+    """
+    rid = os.environ["TORCHELASTIC_RUN_ID"]
+    if rid and rid != "none":
+        return rid
+    agent = os.getppid()
+    try:  # field 22 of /proc/<pid>/stat: the process's start time in clock ticks since boot
+        started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{socket.gethostname()}-{agent}-{started}"
+
+
+def _new_dir(base: str, stamp: str) -> str:
+    """Create `base/<stamp>-<6 hex>` exclusively (mkdir fails if it exists) and return it.
+
+    Two runs started in the same second get different directories, whatever the clock says.
+    """
+    for _ in range(100):
+        path = Path(base) / f"{stamp}-{secrets.token_hex(3)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return str(path)
+    raise RuntimeError(f"could not create a fresh run directory under {base}")
+
+
+def _run_dir(base: str = "outputs/runs") -> str:
+    """The run directory (`hydra.run.dir`): `<base>/<date>/<time>-<suffix>`, created atomically.
+
+    Every rank of one torchrun launch resolves it on its own, so there it is `<base>/torchrun-<id>`
+    (rank 0 refuses one that already holds a run, e.g. a reused --rdzv-id).
+    """
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("PARAMGOLF_WORKER") != "1":
+        path = Path(base) / f"torchrun-{_torchrun_id()}"
+        if os.environ.get("RANK", "0") == "0" and (path / "results.json").exists():
+            raise UserError(f"run directory {path} already holds a run: start torchrun with a fresh --rdzv-id")
+        return str(path)
+    return _new_dir(base, time.strftime("%Y-%m-%d/%H-%M-%S"))
+
+
+def _sweep_dir(base: str = "outputs/multirun") -> str:
+    """The sweep directory (`hydra.sweep.dir`), created atomically once per sweep.
+
+    The launcher's jobs may resolve it again in other processes (submitit): the first resolution is
+    handed down in the environment.
+    """
+    key = "PARAMGOLF_SWEEP_DIR"
+    if not os.environ.get(key):
+        os.environ[key] = _new_dir(base, time.strftime("%Y-%m-%d/%H-%M-%S"))
+    return os.environ[key]
 
 
 def _output_subdir() -> str | None:
@@ -34,8 +88,9 @@ def _output_subdir() -> str | None:
 def setup() -> None:
     """Register schemas and resolvers; call before Hydra composes anything."""
     register_schemas()
-    if not OmegaConf.has_resolver("pg_run_id"):
-        OmegaConf.register_new_resolver("pg_run_id", _run_id, use_cache=True)
+    for name, fn in (("pg_run_dir", _run_dir), ("pg_sweep_dir", _sweep_dir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
     if not OmegaConf.has_resolver("pg_output_subdir"):
         OmegaConf.register_new_resolver("pg_output_subdir", _output_subdir)
 
@@ -77,15 +132,22 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     for key in cfg.keys():
         full = f"{path}.{key}" if path else str(key)
         if known is not None and key not in known and path != "hydra":
-            raise UserError(
-                f"unknown config key '{full}' (not in schema {OmegaConf.get_type(cfg).__name__}); "
-                f"check the spelling. Known keys: {sorted(k for k in known if k not in HYDRA_META_KEYS)}"
-            )
+            raise UserError(unknown_key_message(full, known))
         if full == "hydra":
             continue
         child = cfg._get_node(key)
         if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
             check_known_keys(child, full)
+
+
+def unknown_key_message(full_key: str, known: set[str] | list[str]) -> str:
+    """'unknown config key …', with the nearest known key when one is close."""
+    known = sorted(k for k in known if k not in HYDRA_META_KEYS)
+    parent, _, key = full_key.rpartition(".")
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{parent + '.' if parent else ''}{near[0]}'?" if near else "check the spelling"
+    where = f"`paramgolf-config {parent.split('.')[0]}` lists them" if parent else "see `paramgolf-config`"
+    return f"unknown config key '{full_key}': {hint} Known keys: {', '.join(known)} ({where})"
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

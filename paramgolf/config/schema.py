@@ -226,6 +226,12 @@ WandbLoggerConfig = component(WandbLogger)
 
 
 # ---------------------------------------------------------------- root
+class BudgetCheck(str, Enum):
+    refuse = "refuse"
+    warn = "warn"
+    off = "off"
+
+
 @dataclass
 class Config:
     arch: Any = MISSING
@@ -240,6 +246,9 @@ class Config:
     seed: int = 1337  # training seed (the data set has its own: data.seed)
     budget_bytes: int = 16_000_000  # decimal bytes: code + compressed model
     name: str = "default"  # candidate name: W&B group, run-name prefix; presets set their own
+    # Before training, the artifact-size estimate (`paramgolf-budget`) against budget_bytes:
+    # refuse = stop when it does not fit, warn = say so and train, off = skip the estimate.
+    budget_check: BudgetCheck = BudgetCheck.refuse
 
 
 SCHEMAS: dict[str, list[tuple[str, type]]] = {
@@ -290,8 +299,12 @@ _name_schemas()
 
 
 def register_schemas(extra: dict[str, list[tuple[str, type]]] | None = None) -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    """Store every schema in Hydra's ConfigStore (idempotent).
+
+    A group's schemas live under `schema/<group>` (YAMLs name them `/schema/<group>/<name>@_here_`),
+    so they are not options of the group itself; the root schema is `config_schema`.
+    """
     cs = ConfigStore.instance()
     for group, entries in {**SCHEMAS, **(extra or {})}.items():
         for name, node in entries:
-            cs.store(group=group or None, name=name, node=node)
+            cs.store(group=f"schema/{group}" if group else None, name=name, node=node)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import sentencepiece as spm
 
 from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.manifest import MANIFEST_FILENAME, write_manifest
 from paramgolf.data.shards import MAX_TOKEN_ID, ShardError, list_shards, read_shard, write_shard
 from paramgolf.data.tokenizer import file_sha256, load_tokenizer, train_sentencepiece
 from paramgolf.errors import UserError
@@ -111,6 +114,11 @@ def build_dataset(
     """
     out_dir = Path(out_dir).expanduser()
     num_docs = sum(1 for _ in iter_docs(docs_path))  # also checks every line before any work
+    if num_docs < 2:
+        raise UserError(
+            f"{docs_path} has {num_docs} document(s); a build needs at least 2: "
+            "--val-docs=K of them for the validation split and the rest for training"
+        )
     if not 0 < val_docs < num_docs:
         raise UserError(
             f"--val-docs={val_docs} must be between 1 and {num_docs - 1}: "
@@ -118,22 +126,29 @@ def build_dataset(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / TOKENIZER_FILENAME
-    if tokenizer is None:
-        # Only training documents shape the tokenizer, so validation stays unseen.
-        stop = None if not tokenizer_train_docs else val_docs + tokenizer_train_docs
-        train_texts = itertools.islice(iter_docs(docs_path), val_docs, stop)
-        train_sentencepiece(train_texts, vocab_size, model_path.with_suffix(""))
-    else:
-        src = Path(tokenizer).expanduser()
-        load_tokenizer(src)  # fail early on a missing or unreadable model
-        if src.resolve() != model_path.resolve():
-            shutil.copyfile(src, model_path)
-    sp = load_tokenizer(model_path)
-    if int(sp.vocab_size()) != vocab_size:
-        hint = "the corpus is too small for that many pieces" if tokenizer is None else "pass the matching --vocab-size"
-        raise UserError(
-            f"tokenizer {model_path} has vocab size {sp.vocab_size()}, but --vocab-size={vocab_size} ({hint})"
-        )
+    # The tokenizer takes its final name only once it is known to fit, so a failed build
+    # leaves the directory as it was (an earlier build's tokenizer and shards included).
+    with tempfile.TemporaryDirectory(prefix=".tokenizer.", dir=out_dir) as tmp:
+        if tokenizer is None:
+            # Only training documents shape the tokenizer, so validation stays unseen.
+            stop = None if not tokenizer_train_docs else val_docs + tokenizer_train_docs
+            train_texts = itertools.islice(iter_docs(docs_path), val_docs, stop)
+            candidate = train_sentencepiece(train_texts, vocab_size, Path(tmp) / "tokenizer")
+        else:
+            candidate = Path(tokenizer).expanduser()
+        sp = load_tokenizer(candidate)  # fails early on a missing or unreadable model
+        if int(sp.vocab_size()) != vocab_size:
+            what, hint = (
+                (f"the tokenizer trained on {docs_path}", "the corpus is too small for that many pieces")
+                if tokenizer is None
+                else (f"tokenizer {candidate}", "pass the matching --vocab-size")
+            )
+            raise UserError(f"{what} has vocab size {sp.vocab_size()}, but --vocab-size={vocab_size} ({hint})")
+        (out_dir / MANIFEST_FILENAME).unlink(missing_ok=True)  # from here on the old shards are going
+        if candidate.resolve() != model_path.resolve():
+            if tokenizer is not None:  # copy beside the target first, so that the final name appears atomically
+                candidate = Path(shutil.copyfile(candidate, Path(tmp) / TOKENIZER_FILENAME))
+            os.replace(candidate, model_path)
 
     clear_shards(out_dir)
     bos = int(sp.bos_id())
@@ -142,6 +157,7 @@ def build_dataset(
     train_texts = itertools.islice(iter_docs(docs_path), val_docs, None)
     train = export_split(out_dir, "train", _encoded(sp, train_texts), bos, shard_tokens)
     val_stream = np.concatenate([read_shard(f) for f in list_shards(out_dir, "val")])
+    manifest = write_manifest(out_dir, model_path)  # last: the shards and their tokenizer are complete
     return {
         "out_dir": str(out_dir),
         "tokenizer": str(model_path),
@@ -155,4 +171,5 @@ def build_dataset(
         "files_val": val["files"],
         "files_train": train["files"],
         "bytes_val": build_byte_table(sp).count_stream(val_stream),
+        "manifest": str(manifest),
     }

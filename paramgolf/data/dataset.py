@@ -12,7 +12,8 @@ import torch
 
 from paramgolf.data.build import TOKENIZER_FILENAME
 from paramgolf.data.loader import load_validation_tokens
-from paramgolf.data.shards import ShardError, list_shards, recorded_max_token_id
+from paramgolf.data.manifest import check_tokenizer
+from paramgolf.data.shards import list_shards, recorded_max_token_id
 from paramgolf.data.synthetic import INFO_FILENAME, SyntheticSpec, build_synthetic_dataset
 from paramgolf.data.tokenizer import load_tokenizer
 from paramgolf.errors import UserError
@@ -67,10 +68,8 @@ class FineWebData:
             raise UserError(f"tokenizer not found: {tok_path.resolve()}; {hint}")
         if self.val_max_tokens < 0:
             raise UserError(f"data.val_max_tokens must be >= 0, got {self.val_max_tokens}")
-        try:
-            train, val = list_shards(data_dir, "train"), list_shards(data_dir, "val")
-        except ShardError as exc:
-            raise UserError(f"{exc}; {hint}") from exc
+        train, val = list_shards(data_dir, "train"), list_shards(data_dir, "val")  # their errors say what to do
+        check_tokenizer(data_dir, tok_path)
         sp = load_tokenizer(tok_path)
         return DatasetInfo(
             name=data_dir.name,

@@ -15,6 +15,7 @@ official script, local files are hard links to the cache blobs where the disk al
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from paramgolf.data.manifest import write_manifest
 from paramgolf.data.shards import ShardError, read_shard_header
 from paramgolf.errors import UserError
 
@@ -30,17 +32,70 @@ DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_PREFIX = "datasets"
 
 
+_OFFLINE_HINT = (
+    "check the network connection (and HF_ENDPOINT or proxy settings), then run the same command again: "
+    "files already downloaded are kept"
+)
+
+
+@functools.cache
+def _check_reachable(repo_id: str) -> None:
+    """One request to the Hub, without retries: an unreachable Hub fails in seconds.
+
+    ``hf_hub_download`` retries a failed connection with back-off (about 25 s) before it
+    gives up; asking once first turns "offline" into one clear error. Cached: once per
+    process and repo. Skipped when HF_HUB_OFFLINE is set, where only the Hub cache is read.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    url = hf_hub_url(repo_id, f"{REMOTE_PREFIX}/manifest.json", repo_type="dataset")
+    try:
+        get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        return  # the Hub answered: hf_hub_download reports what it said
+    except Exception as exc:  # refused, no route, DNS, timeout, proxy, TLS: the HTTP client's own types vary
+        raise UserError(
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({_first_line(exc)}); {_OFFLINE_HINT}"
+        ) from exc
+
+
 def _hub_download(repo_id: str, remote_path: str, force: bool = False) -> Path:
     """Fetch one file of the dataset repo into the Hub cache; return its local path."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
 
+    _check_reachable(repo_id)
     remote = PurePosixPath(remote_path)
     subfolder = None if str(remote.parent) == "." else str(remote.parent)
-    return Path(
-        hf_hub_download(
-            repo_id=repo_id, filename=remote.name, subfolder=subfolder, repo_type="dataset", force_download=force
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=repo_id, filename=remote.name, subfolder=subfolder, repo_type="dataset", force_download=force
+            )
         )
-    )
+    except LocalEntryNotFoundError as exc:  # neither the Hub nor its local cache could give the file
+        if constants.HF_HUB_OFFLINE:
+            raise UserError(
+                f"HF_HUB_OFFLINE is set and {remote_path} of {repo_id} is not in the local Hub cache; "
+                "unset HF_HUB_OFFLINE to download it"
+            ) from exc
+        raise UserError(
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} for {remote_path} "
+            f"({_first_line(exc.__cause__ or exc)}); {_OFFLINE_HINT}"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise UserError(
+            f"the Hugging Face Hub refused {remote_path} of {repo_id} ({_first_line(exc)}); "
+            "check --repo-id and your access"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def dataset_name_for_variant(variant: str) -> str:
@@ -104,26 +159,36 @@ def load_manifest(repo_id: str, out: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc.msg}); delete it and download again") from exc
 
 
-def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool, repo_id: str) -> list[str]:
-    """Remote paths to fetch for a variant, following the manifest."""
-    name = dataset_name_for_variant(variant)
+def _dataset_entry(manifest: dict, name: str, repo_id: str) -> dict:
     entry = next((d for d in manifest.get("datasets", []) if d.get("name") == name), None)
     if entry is None:
         known = [d.get("name") for d in manifest.get("datasets", [])]
         raise UserError(f"dataset {name} is not in the manifest of {repo_id} (it lists {known})")
+    return entry
+
+
+def _tokenizer_entry(manifest: dict, dataset_entry: dict, repo_id: str) -> dict:
+    tok_name = dataset_entry.get("tokenizer_name")
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
+    if tok is None:
+        raise UserError(f"tokenizer {tok_name!r} of {dataset_entry.get('name')} is not in the manifest of {repo_id}")
+    return tok
+
+
+def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool, repo_id: str) -> list[str]:
+    """Remote paths to fetch for a variant, following the manifest."""
+    name = dataset_name_for_variant(variant)
+    entry = _dataset_entry(manifest, name, repo_id)
     stats = entry.get("stats") or {}
     files_train, files_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
     if train_shards < 0:
         raise UserError(f"--train-shards must be >= 0, got {train_shards}")
     if train_shards > files_train:
         raise UserError(f"--train-shards={train_shards} but {name} on {repo_id} has only {files_train} training shards")
-    tok_name = entry.get("tokenizer_name")
-    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), None)
-    if tok is None:
-        raise UserError(f"tokenizer {tok_name!r} of {name} is not in the manifest of {repo_id}")
+    tok = _tokenizer_entry(manifest, entry, repo_id)
     tok_files = [str(tok[k]) for k in ("model_path", "vocab_path", "path") if tok.get(k)]
     if not tok_files:
-        raise UserError(f"tokenizer {tok_name!r} in the manifest of {repo_id} lists no files")
+        raise UserError(f"tokenizer {tok['name']!r} in the manifest of {repo_id} lists no files")
 
     prefix = f"{REMOTE_PREFIX}/datasets/{name}"
     files = []
@@ -151,8 +216,14 @@ def download(
     for remote in tqdm(files, desc=f"download {variant}", unit="file", disable=not progress):
         dest = local_path(out, remote)
         (downloaded if fetch(repo_id, remote, dest) else skipped).append(str(dest))
+    # Record which tokenizer wrote the shards, so that no other one is used with them.
+    name = dataset_name_for_variant(variant)
+    dataset_dir = local_path(out, f"{REMOTE_PREFIX}/datasets/{name}")
+    model = _tokenizer_entry(manifest, _dataset_entry(manifest, name, repo_id), repo_id).get("model_path")
+    if model:  # the SentencePiece model of sp* variants
+        write_manifest(dataset_dir, local_path(out, f"{REMOTE_PREFIX}/{model}"))
     return {
-        "dataset_dir": str(local_path(out, f"{REMOTE_PREFIX}/datasets/{dataset_name_for_variant(variant)}")),
+        "dataset_dir": str(dataset_dir),
         "tokenizers_dir": str(out / "tokenizers"),
         "downloaded": downloaded,
         "skipped": skipped,

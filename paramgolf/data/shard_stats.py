@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.manifest import check_tokenizer
 from paramgolf.data.shards import read_shard
 from paramgolf.data.tokenizer import load_tokenizer
 from paramgolf.errors import UserError
@@ -18,6 +19,7 @@ def inspect_shard(path: str | Path, tokenizer: str | Path) -> dict:
     """
     tokens = read_shard(path)
     sp = load_tokenizer(tokenizer)
+    check_tokenizer(Path(path).parent, tokenizer)  # the byte counts are only right with the shard's own tokenizer
     largest = int(tokens.max()) if tokens.size else -1
     if largest >= sp.vocab_size():
         raise UserError(

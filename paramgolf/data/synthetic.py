@@ -42,6 +42,7 @@ import numpy as np
 
 from paramgolf.data.build import TOKENIZER_FILENAME, clear_shards, export_split
 from paramgolf.data.byte_table import build_byte_table
+from paramgolf.data.manifest import write_manifest
 from paramgolf.data.tokenizer import file_sha256, load_tokenizer, train_sentencepiece
 from paramgolf.errors import UserError
 from paramgolf.fsio import publish
@@ -356,6 +357,7 @@ def _build_into(spec: SyntheticSpec, out_dir: Path) -> dict:
         "tokenizer_sha256": file_sha256(model_path),
     }
     (out_dir / INFO_FILENAME).write_text(json.dumps(info, indent=2) + "\n")
+    write_manifest(out_dir, model_path)  # so that the directory can also be read as a plain dataset
     return info
 
 

@@ -4,10 +4,14 @@ Layout (little-endian):
 
     magic      6 bytes   b"PGOLF\x00"
     version    u16       FORMAT_VERSION
-    codec      u8 length + ASCII name ("zlib", "zstd", "lzma", "raw")
+    codec      u8 length + ASCII name ("zlib", "zstd", "lzma", "7z", "brotli", "raw")
     length     u64       bytes of the compressed payload
+    raw length u64       bytes of the payload decompressed (since version 2)
     crc32      u32       of every header byte before it and of the compressed payload
     payload    codec.compress(safetensors blob)
+
+Version 1 is version 2 without the raw length; readers read both. Decompression stops at the
+raw length (version 1: at `MAX_PAYLOAD_BYTES`), so a decompression bomb is refused early.
 
 The safetensors blob holds each record's parts under "<tensor name>/<part>" and,
 in its `__metadata__["paramgolf"]`, JSON with the format version, every record's
@@ -33,16 +37,20 @@ from torch import Tensor
 
 from paramgolf.errors import UserError
 from paramgolf.fsio import write_atomic
-from paramgolf.quant.codecs import CODECS, Codec, codec_by_name
+from paramgolf.quant.codecs import CODECS, MAX_PAYLOAD_BYTES, Codec, OversizedPayload, codec_by_name
 from paramgolf.quant.schemes import QuantizedTensor, dequantize_state, dtype_from_name, dtype_name
 
 MAGIC = b"PGOLF\x00"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+_PREFIX = struct.Struct("<6sHB")  # magic, version, codec-name length
+_TAILS = {  # every version this reader knows: what follows the codec name
+    1: struct.Struct("<QI"),  # payload length, crc32
+    2: struct.Struct("<QQI"),  # payload length, raw (decompressed) length, crc32
+}
+SUPPORTED_VERSIONS = tuple(_TAILS)
 _META_KEY = "paramgolf"
 _WEIGHTS_FORMAT = "paramgolf-weights"
-_PREFIX = struct.Struct("<6sHB")  # magic, version, codec-name length
-_TAIL = struct.Struct("<QI")  # payload length, crc32
+_WEIGHTS_VERSION = 1
 
 
 class ArtifactError(UserError):
@@ -105,10 +113,10 @@ def build_payload(qstate: dict[str, QuantizedTensor], arch_config: dict, meta: d
     return safetensors.torch.save(_cpu_contiguous(tensors), metadata=metadata)
 
 
-def frame_payload(compressed: bytes, codec_name: str) -> bytes:
-    """Header + compressed payload; the crc covers both."""
+def frame_payload(compressed: bytes, codec_name: str, raw_length: int) -> bytes:
+    """Header + compressed payload; `raw_length`: the payload's bytes decompressed. The crc covers both."""
     name = codec_name.encode("ascii")
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(name)) + name + struct.pack("<Q", len(compressed))
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(name)) + name + struct.pack("<QQ", len(compressed), raw_length)
     crc = zlib.crc32(compressed, zlib.crc32(head))
     return head + struct.pack("<I", crc) + compressed
 
@@ -119,7 +127,13 @@ def pack_artifact(
     """The artifact bytes for quantized weights `qstate` compressed with `codec`."""
     if codec.name not in CODECS:
         raise UserError(f"codec {codec.name!r} cannot be read back; known codecs: {sorted(CODECS)}")
-    return frame_payload(codec.compress(build_payload(qstate, arch_config, meta)), codec.name)
+    payload = build_payload(qstate, arch_config, meta)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise UserError(
+            f"the artifact payload is {len(payload):,} bytes uncompressed, over the {MAX_PAYLOAD_BYTES:,} "
+            f"a reader accepts (far beyond any model the budget holds): quantize to fewer bits or shrink the model"
+        )
+    return frame_payload(codec.compress(payload), codec.name, len(payload))
 
 
 def write_artifact(
@@ -135,8 +149,9 @@ def write_artifact(
     return len(data)
 
 
-def _split_frame(data: bytes, source: str) -> tuple[str, int, bytes]:
-    """(codec name, version, compressed payload) after checking magic, version, length and crc."""
+def _split_frame(data: bytes, source: str) -> tuple[str, int, bytes, int | None]:
+    """(codec name, version, compressed payload, raw length or None in version 1) after checking
+    magic, version, lengths and crc."""
     if len(data) < _PREFIX.size:
         raise ArtifactError(f"{source}: {len(data)} bytes is too short for a paramgolf artifact header")
     magic, version, name_len = _PREFIX.unpack_from(data, 0)
@@ -146,10 +161,12 @@ def _split_frame(data: bytes, source: str) -> tuple[str, int, bytes]:
         raise ArtifactError(
             f"{source}: unsupported artifact format version {version}; this paramgolf reads {SUPPORTED_VERSIONS}"
         )
-    head_len = _PREFIX.size + name_len + _TAIL.size
+    tail = _TAILS[version]
+    head_len = _PREFIX.size + name_len + tail.size
     if len(data) < head_len:
         raise ArtifactError(f"{source}: truncated header ({len(data)} of {head_len} bytes)")
-    length, crc = _TAIL.unpack_from(data, _PREFIX.size + name_len)
+    length, *raw, crc = tail.unpack_from(data, _PREFIX.size + name_len)
+    raw_length = raw[0] if raw else None
     if len(data) != head_len + length:
         what = "truncated" if len(data) < head_len + length else "has trailing bytes"
         raise ArtifactError(
@@ -165,7 +182,12 @@ def _split_frame(data: bytes, source: str) -> tuple[str, int, bytes]:
         codec_name = data[_PREFIX.size : _PREFIX.size + name_len].decode("ascii")
     except UnicodeDecodeError as e:
         raise ArtifactError(f"{source}: codec name is not ASCII") from e
-    return codec_name, version, payload
+    if raw_length is not None and raw_length > MAX_PAYLOAD_BYTES:
+        raise ArtifactError(
+            f"{source}: header announces a payload of {raw_length:,} bytes decompressed, over the "
+            f"{MAX_PAYLOAD_BYTES:,} any artifact may hold; the file is crafted or damaged"
+        )
+    return codec_name, version, payload, raw_length
 
 
 def _parse_records(header: Any, tensors: dict[str, Tensor], source: str) -> dict[str, QuantizedTensor]:
@@ -199,15 +221,27 @@ def _parse_records(header: Any, tensors: dict[str, Tensor], source: str) -> dict
 
 def unpack_artifact(data: bytes, source: str = "<artifact bytes>") -> LoadedArtifact:
     """Parse, check and dequantize artifact bytes; `source` names them in errors."""
-    codec_name, version, compressed = _split_frame(data, source)
+    codec_name, version, compressed, raw_length = _split_frame(data, source)
     try:
         codec = codec_by_name(codec_name)
     except ValueError as e:
         raise ArtifactError(f"{source}: {e}") from e
+    limit = MAX_PAYLOAD_BYTES if raw_length is None else raw_length
     try:
-        blob = codec.decompress(compressed)
+        blob = codec.decompress(compressed, limit)
+    except OversizedPayload as e:
+        announced = "the most any artifact may hold" if raw_length is None else "what its header announces"
+        raise ArtifactError(
+            f"{source}: {codec_name} payload decompresses to more than {limit:,} bytes, {announced}; "
+            f"refused as a decompression bomb (the file is crafted or damaged)"
+        ) from e
     except Exception as e:  # each codec library raises its own error type
         raise ArtifactError(f"{source}: {codec_name} payload does not decompress: {e}") from e
+    if raw_length is not None and len(blob) != raw_length:
+        raise ArtifactError(
+            f"{source}: {codec_name} payload decompresses to {len(blob):,} bytes, the header announces "
+            f"{raw_length:,}; the file is damaged"
+        )
     tensors, header = _parse_safetensors(blob, source)
     if not isinstance(header, dict) or header.get("format") != version:
         found = header.get("format") if isinstance(header, dict) else None
@@ -260,7 +294,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, Tensor], meta: d
         except ValueError as e:
             raise UserError(f"weight {name!r}: {e}") from e
     # safetensors stores keys sorted; "order" brings the state-dict order back.
-    header = {"format": _WEIGHTS_FORMAT, "version": FORMAT_VERSION, "order": list(state_dict), "meta": meta or {}}
+    header = {"format": _WEIGHTS_FORMAT, "version": _WEIGHTS_VERSION, "order": list(state_dict), "meta": meta or {}}
     metadata = {_META_KEY: _json_dumps(header, "weights meta")}
     data = safetensors.torch.save(_cpu_contiguous(state_dict), metadata=metadata)
     write_atomic(path, data, fsync=True)
@@ -273,7 +307,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     tensors, header = _parse_safetensors(path.read_bytes(), str(path))
     if not isinstance(header, dict) or header.get("format") != _WEIGHTS_FORMAT:
         raise ArtifactError(f"{path}: not a paramgolf weights file (use read_artifact for artifacts)")
-    if header.get("version") not in SUPPORTED_VERSIONS:
+    if header.get("version") != _WEIGHTS_VERSION:
         raise ArtifactError(f"{path}: unsupported weights format version {header.get('version')!r}")
     order, meta = header.get("order"), header.get("meta")
     if not isinstance(order, list) or sorted(order) != sorted(tensors) or not isinstance(meta, dict):

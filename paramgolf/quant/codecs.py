@@ -1,30 +1,82 @@
 """Byte codecs for the artifact payload: zlib, zstd, lzma, 7z (py7zr), brotli and no compression.
 
 Each codec writes a self-describing stream, so `codec_by_name(name)` with default
-settings can decompress whatever any setting of that codec compressed.
+settings can decompress whatever any setting of that codec compressed. Decompression
+never produces more than `max_size` bytes (a file that would is a decompression bomb),
+and 7z runs in a child process, because pyppmd can crash the interpreter (`run_isolated`).
 """
 
 from __future__ import annotations
 
 import io
 import lzma
+import pickle
+import signal
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import zstandard
 
 from paramgolf.errors import UserError
 
+# The most any payload may decompress to. The budget is 16,000,000 bytes for code and compressed
+# model together, and the largest preset's payload (pr754, bit-packed) is 21 MB uncompressed:
+# a stream that expands past 256 MiB is a damaged or crafted file, never a model.
+MAX_PAYLOAD_BYTES = 256 << 20
+_CHUNK = 1 << 20  # output per step of the streaming decompressors
+
+
+class OversizedPayload(UserError):
+    """A stream that decompresses to more than the caller allows; at most about `max_size` bytes were produced."""
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__(f"decompresses to more than {max_size:,} bytes")
+        self.max_size = max_size
+
 
 @runtime_checkable
 class Codec(Protocol):
-    """compress/decompress bytes; `name` is what the artifact header records."""
+    """compress/decompress bytes; `name` is what the artifact header records.
+
+    `decompress` raises `OversizedPayload` rather than return more than `max_size` bytes.
+    """
 
     name: str
 
     def compress(self, data: bytes) -> bytes: ...
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes: ...
+
+
+def _checked(out: bytes | bytearray, max_size: int, finished: bool) -> bytes:
+    """A decompressor's output, refused when over max_size or when its stream did not end."""
+    if len(out) > max_size:
+        raise OversizedPayload(max_size)
+    if not finished:
+        raise ValueError("the compressed stream is truncated")
+    return bytes(out)
+
+
+def _drain(
+    first: bytes, more: Callable[[], bytes], finished: Callable[[], bool], max_size: int, cut_is_end: bool = False
+) -> bytes:
+    """Collect a streaming decompressor's output chunk by chunk (`first`, then `more()` until the
+    stream ends or yields nothing), stopping as soon as it exceeds max_size: the peak memory is
+    max_size plus a chunk, whatever the stream would expand to. `cut_is_end`: the decompressor
+    cannot tell a finished stream from a cut one, so running dry counts as finished."""
+    chunks, size = [first], len(first)
+    while size <= max_size and not finished():
+        chunk = more()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > max_size:
+        raise OversizedPayload(max_size)
+    return _checked(b"".join(chunks), max_size, cut_is_end or finished())
 
 
 class Raw:
@@ -38,8 +90,8 @@ class Raw:
     def compress(self, data: bytes) -> bytes:
         return bytes(data)
 
-    def decompress(self, data: bytes) -> bytes:
-        return bytes(data)
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
+        return _checked(bytes(data), max_size, finished=True)
 
 
 class Zlib:
@@ -58,8 +110,10 @@ class Zlib:
     def compress(self, data: bytes) -> bytes:
         return zlib.compress(data, self.level)
 
-    def decompress(self, data: bytes) -> bytes:
-        return zlib.decompress(data)
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
+        d = zlib.decompressobj()
+        first = d.decompress(data, _CHUNK)
+        return _drain(first, lambda: d.decompress(d.unconsumed_tail, _CHUNK), lambda: d.eof, max_size)
 
 
 class Zstd:
@@ -80,8 +134,17 @@ class Zstd:
         cctx = zstandard.ZstdCompressor(level=self.level, write_content_size=True, write_checksum=False)
         return cctx.compress(data)
 
-    def decompress(self, data: bytes) -> bytes:
-        return zstandard.ZstdDecompressor().decompress(data)
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
+        # With the content size in the frame (this codec always writes it), libzstd decodes into a
+        # buffer of exactly that size and fails on more. A frame without it is streamed.
+        size = zstandard.frame_content_size(data)
+        if size > max_size:
+            raise OversizedPayload(max_size)
+        if size >= 0:
+            return zstandard.ZstdDecompressor().decompress(data)
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            # The reader does not say whether the frame ended: the artifact's recorded length finds a cut one.
+            return _drain(b"", lambda: reader.read(_CHUNK), lambda: False, max_size, cut_is_end=True)
 
 
 class Lzma:
@@ -112,8 +175,10 @@ class Lzma:
         lzma1 = {"id": lzma.FILTER_LZMA1, "preset": preset, "lc": self.lc, "lp": self.lp, "pb": self.pb}
         return lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[lzma1])
 
-    def decompress(self, data: bytes) -> bytes:
-        return lzma.decompress(data, format=lzma.FORMAT_ALONE)
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+        first = d.decompress(data, max_length=_CHUNK)  # the rest of the input waits inside `d`
+        return _drain(first, lambda: d.decompress(b"", max_length=_CHUNK), lambda: d.eof, max_size)
 
 
 class SevenZip:
@@ -177,39 +242,77 @@ class SevenZip:
         }[self.method]
         return chain + [coder]
 
+    def _settings(self) -> dict:
+        return dict(
+            method=self.method,
+            preset=self.preset,
+            filter=self.filter,
+            delta_distance=self.delta_distance,
+            ppmd_order=self.ppmd_order,
+            ppmd_mem=self.ppmd_mem,
+        )
+
     def compress(self, data: bytes) -> bytes:
-        import py7zr
+        return run_isolated(
+            _7z_compress,
+            self._settings(),
+            bytes(data),
+            what=f"7z/{self.method}",
+            action=f"compressing {len(data):,} bytes",
+            hint="use quant/codec=lzma or zstd",
+        )
 
-        buf = io.BytesIO()
-        with py7zr.SevenZipFile(buf, "w", filters=self._filters()) as archive:
-            archive.writestr(bytes(data), "model")
-        blob = buf.getvalue()
-        if self.method == "ppmd":  # pyppmd 1.3 can write PPMd streams it cannot read back: check
-            try:
-                ok = self.decompress(blob) == bytes(data)
-            except Exception:  # noqa: BLE001 - any failure to read back means the same thing
-                ok = False
-            if not ok:
-                raise UserError(
-                    f"7z ppmd (order {self.ppmd_order}, mem 2^{self.ppmd_mem}) wrote an archive that "
-                    f"does not read back (a pyppmd bug on poorly compressible data); raise "
-                    f"quant.codec.ppmd_mem or use quant.codec.method=lzma2"
-                )
-        return blob
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
+        return run_isolated(
+            _7z_decompress,
+            bytes(data),
+            max_size,
+            what="7z",
+            action=f"decompressing {len(data):,} bytes",
+            hint="write the artifact with quant/codec=lzma or zstd",
+        )
 
-    def decompress(self, data: bytes) -> bytes:
-        import py7zr
-        from py7zr.io import BytesIOFactory
 
-        factory = BytesIOFactory(limit=1 << 34)
-        with py7zr.SevenZipFile(io.BytesIO(data), "r") as archive:
-            names = archive.getnames()
-            if names != ["model"]:
-                raise UserError(f"7z payload must hold one member 'model', holds {names}")
-            archive.extractall(factory=factory)
-        out = factory.get("model")
-        out.seek(0)
-        return out.read()
+def _7z_compress(settings: dict, data: bytes) -> bytes:
+    """SevenZip(**settings).compress in the child process (see `run_isolated`)."""
+    import py7zr
+
+    codec = SevenZip(**settings)
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w", filters=codec._filters()) as archive:
+        archive.writestr(data, "model")
+    blob = buf.getvalue()
+    if codec.method == "ppmd":  # pyppmd 1.3 can write PPMd streams it cannot read back: check
+        try:
+            ok = _7z_decompress(blob, len(data)) == data
+        except Exception:  # noqa: BLE001 - any failure to read back means the same thing
+            ok = False
+        if not ok:
+            raise UserError(
+                f"7z ppmd (order {codec.ppmd_order}, mem 2^{codec.ppmd_mem}) wrote an archive that "
+                f"does not read back (a pyppmd bug on poorly compressible data); raise "
+                f"quant.codec.ppmd_mem or use quant.codec.method=lzma2"
+            )
+    return blob
+
+
+def _7z_decompress(data: bytes, max_size: int) -> bytes:
+    """The one member of a 7z archive, refused before extraction when its recorded size exceeds max_size."""
+    import py7zr
+    from py7zr.io import BytesIOFactory
+
+    with py7zr.SevenZipFile(io.BytesIO(data), "r", max_extract_size=max_size) as archive:
+        members = archive.list()
+        names = [m.filename for m in members]
+        if names != ["model"]:
+            raise UserError(f"7z payload must hold one member 'model', holds {names}")
+        if members[0].uncompressed > max_size:
+            raise OversizedPayload(max_size)
+        factory = BytesIOFactory(limit=max_size + 1)
+        archive.extractall(factory=factory)
+    out = factory.get("model")
+    out.seek(0)
+    return _checked(out.read(), max_size, finished=True)
 
 
 class Brotli:
@@ -236,10 +339,66 @@ class Brotli:
 
         return brotli.compress(bytes(data), quality=self.quality, lgwin=self.lgwin)
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
         import brotli
 
-        return brotli.decompress(data)
+        d = brotli.Decompressor()
+        first = d.process(data, output_buffer_limit=_CHUNK)  # the rest of the input waits inside `d`
+        return _drain(first, lambda: d.process(b"", output_buffer_limit=_CHUNK), d.is_finished, max_size)
+
+
+# ---------------------------------------------------------------------------------------------- isolation
+
+# The child reads (sys.path, pickled call) on stdin and answers on stdout with one status byte:
+# 0 + the result, 1 + a UserError's message, 2 + the limit an OversizedPayload hit, 3 + any other error.
+_CHILD = """
+import pickle, sys
+path, call = pickle.load(sys.stdin.buffer)
+sys.path[:] = path
+from paramgolf.quant.codecs import _serve
+_serve(call)
+"""
+
+
+def _serve(call: bytes) -> None:
+    fn, args = pickle.loads(call)
+    try:
+        reply = b"0" + fn(*args)
+    except OversizedPayload as e:
+        reply = b"2" + str(e.max_size).encode()
+    except UserError as e:
+        reply = b"1" + str(e).encode()
+    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+        reply = b"3" + f"{type(e).__name__}: {e}".encode()
+    sys.stdout.buffer.write(reply)
+    sys.stdout.flush()
+
+
+def run_isolated(fn: Callable[..., bytes], *args, what: str, action: str, hint: str) -> bytes:
+    """`fn(*args)` in a fresh Python process, so that a C extension crashing there cannot take the run with it.
+
+    `fn` is a module-level function returning bytes; `args` are picklable. The child's UserError
+    (`OversizedPayload` included) is raised again here, any other exception as a RuntimeError, and
+    a crash becomes a UserError: "<what> crashed (signal SIGSEGV) <action>; <hint>".
+    """
+    request = pickle.dumps((sys.path, pickle.dumps((fn, args))))
+    proc = subprocess.run([sys.executable, "-c", _CHILD], input=request, capture_output=True)
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = str(-proc.returncode)
+        raise UserError(f"{what} crashed (signal {sig}) {action}; {hint}")
+    status, body = proc.stdout[:1], proc.stdout[1:]
+    if proc.returncode != 0 or status not in (b"0", b"1", b"2", b"3"):
+        last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{what} child process exited with code {proc.returncode} {action}: {last[0]}")
+    if status == b"0":
+        return body
+    if status == b"2":
+        raise OversizedPayload(int(body))
+    text = body.decode(errors="replace")
+    raise UserError(text) if status == b"1" else RuntimeError(f"{what} failed {action}: {text}")
 
 
 CODECS: dict[str, type] = {c.name: c for c in (Raw, Zlib, Zstd, Lzma, SevenZip, Brotli)}

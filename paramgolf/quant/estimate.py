@@ -128,7 +128,8 @@ def _sliced(qstate: dict[str, QuantizedTensor], fraction: float) -> dict[str, Qu
 
 
 def _artifact_size(qstate: dict[str, QuantizedTensor], arch_config: dict, codec: Codec) -> int:
-    return len(frame_payload(codec.compress(build_payload(qstate, arch_config)), codec.name))
+    payload = build_payload(qstate, arch_config)
+    return len(frame_payload(codec.compress(payload), codec.name, len(payload)))
 
 
 def estimate_model_bytes(
@@ -216,7 +217,12 @@ def codec_table(
     qstate: dict[str, QuantizedTensor], arch_config: dict, codecs: list[Codec], meta: dict | None = None
 ) -> list[dict]:
     """Artifact bytes of the same quantized state under each codec (int8 containers and bit-packed
-    codes, the smaller kept, as the exporter does), with compression and decompression seconds."""
+    codes, the smaller kept, as the exporter does), with compression and decompression seconds.
+
+    A codec that fails on a payload (7z/ppmd crashes on some, in its child process) is reported in
+    the row's `error` ("<packing>: <why>") and the table goes on; a row without `model_bytes` (None)
+    failed on every payload.
+    """
     from paramgolf.quant.mixed import pack_state
 
     payloads = {"int8": build_payload(qstate, arch_config, meta)}
@@ -225,33 +231,33 @@ def codec_table(
         payloads["bits"] = build_payload(packed, arch_config, meta)
     rows = []
     for codec in codecs:
-        best = None
+        best, errors = None, {}
         for packing, payload in payloads.items():
             t0 = time.perf_counter()
             try:
                 blob = codec.compress(payload)
-            except ValueError as e:  # a codec that cannot handle this payload is reported, not fatal
-                best = best or {
-                    "codec": codec.name,
-                    "settings": repr(codec),
-                    "packing": packing,
-                    "model_bytes": None,
-                    "error": str(e),
-                }
+                t1 = time.perf_counter()
+                ok = codec.decompress(blob, len(payload)) == payload
+            except (ValueError, RuntimeError) as e:  # a codec failing on this payload is reported, not fatal
+                errors[packing] = str(e)
                 continue
-            t1 = time.perf_counter()
-            if codec.decompress(blob) != payload:
-                raise RuntimeError(f"{codec!r} did not round-trip the payload")
             t2 = time.perf_counter()
+            if not ok:
+                errors[packing] = f"{codec!r} did not round-trip the payload"
+                continue
             row = {
                 "codec": codec.name,
                 "settings": repr(codec),
                 "packing": packing,
-                "model_bytes": len(frame_payload(blob, codec.name)),
+                "model_bytes": len(frame_payload(blob, codec.name, len(payload))),
                 "compress_s": round(t1 - t0, 3),
                 "decompress_s": round(t2 - t1, 3),
             }
-            if best is None or best["model_bytes"] is None or row["model_bytes"] < best["model_bytes"]:
+            if best is None or row["model_bytes"] < best["model_bytes"]:
                 best = row
+        if best is None:
+            best = {"codec": codec.name, "settings": repr(codec), "packing": None, "model_bytes": None}
+        if errors:
+            best["error"] = "; ".join(f"{packing}: {why}" for packing, why in errors.items())
         rows.append(best)
     return sorted(rows, key=lambda r: (r["model_bytes"] is None, r["model_bytes"] or 0))

@@ -8,17 +8,18 @@ compress better.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
+from paramgolf.errors import UserError
 from paramgolf.model.training import artifact_view
 from paramgolf.optim.groups import as_rule, assign_params
 from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import codec_candidates, codec_table, estimate_model_bytes, surrogate_state_dict
 from paramgolf.runner.build import count_params
-from paramgolf.runner.plan import build_plan, lr_schedule_for
+from paramgolf.runner.plan import RunPlan, build_plan, lr_schedule_for
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
 
@@ -60,7 +61,12 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
     `all_codecs`: also compress the same quantized surrogate state with every codec setting of
     `quant.estimate.codec_candidates` (full compression, no row sampling) and list them, smallest first.
     """
-    plan = build_plan(c, world_size=int(c["train"]["nproc_per_node"]))
+    return estimate_budget(build_plan(c, world_size=int(c["train"]["nproc_per_node"])), all_codecs)
+
+
+def estimate_budget(plan: RunPlan, all_codecs: bool = False) -> dict[str, Any]:
+    """`budget_report` for a built plan (its model's initial weights are not changed)."""
+    c = plan.config
     model, quantizer, codec = plan.model, plan.export.quantizer, plan.export.codec
     counts = count_params(model)
     code = code_bytes(plan.scoring.code_roots)
@@ -93,3 +99,26 @@ def budget_report(c: Mapping[str, Any], all_codecs: bool = False) -> dict[str, A
             r["fits"] = r["artifact_bytes"] is not None and r["artifact_bytes"] <= c["budget_bytes"]
         out["codecs"] = rows
     return out
+
+
+def check_budget(plan: RunPlan, mode: str, say: Callable[[str], None]) -> int | None:
+    """The pre-training budget check (`budget_check`): the estimated artifact bytes, or None when off.
+
+    `refuse` raises a UserError when the estimate does not fit; `warn` says so and lets the run go on.
+    """
+    if mode == "off":
+        return None
+    r = estimate_budget(plan)
+    est, budget = r["estimated_artifact_bytes"], r["budget_bytes"]
+    parts = f"model ~{r['estimated_model_bytes']:,} + code {r['code_bytes']:,}"
+    if r["fits"]:
+        say(f"budget: estimated artifact {est:,} bytes ({parts}) fits {budget:,}")
+        return est
+    msg = (
+        f"the estimated artifact is {est:,} bytes ({parts}), over budget_bytes={budget:,} by {est - budget:,} "
+        f"(`paramgolf-budget` shows the estimate)"
+    )
+    if mode == "refuse":
+        raise UserError(f"{msg}: shrink the model or the quantizer's bits, or train anyway with budget_check=warn")
+    say(f"WARNING: {msg}; training anyway (budget_check=warn)")
+    return est

@@ -28,26 +28,15 @@ PARAM_FAMILIES = (
 )
 
 
-def _check_targets(node: Any, path: str = "arch") -> None:
-    """Only paramgolf.model callables may be named by an architecture config (artifact safety)."""
-    if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith("paramgolf.model."):
-            raise UserError(f"{path}._target_={target!r}: architectures may only use paramgolf.model.* classes")
-        for k, v in node.items():
-            _check_targets(v, f"{path}.{k}")
-    elif isinstance(node, (list, tuple)):
-        for i, v in enumerate(node):
-            _check_targets(v, f"{path}[{i}]")
-
-
 def build_model(arch: Mapping[str, Any]) -> nn.Module:
     """Instantiate the model described by a resolved `arch` config (a plain dict or DictConfig)."""
     from omegaconf import DictConfig, OmegaConf
 
+    from paramgolf.config.untrusted import check_components
+
     if isinstance(arch, DictConfig):
         arch = OmegaConf.to_container(arch, resolve=True)
-    _check_targets(arch)
+    check_components(arch, "the architecture config", at="arch")  # an artifact's arch is untrusted input
     return instantiate_unwrapped(arch)
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from paramgolf.errors import UserError
 from paramgolf.runner.pipeline import run
 from paramgolf.runner.plan import RunPlan
 
@@ -16,22 +21,26 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ and os.environ.get("PARAMGOLF_WORKER") != "1"
 
 
-def _worker(cfg: Mapping[str, Any], run_dir: str) -> int:
+def _worker(cfg: Mapping[str, Any], run_dir: str, estimate: int | None = None) -> int:
     """Entry of each process started by `elastic_launch` (module-level so spawn can pickle it)."""
     os.environ["PARAMGOLF_WORKER"] = "1"
-    return run(dict(cfg), Path(run_dir), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    try:
+        return run(dict(cfg), Path(run_dir), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, estimate)
+    except (UserError, FileNotFoundError) as exc:  # the parent tells these from bugs by the class name
+        raise UserError(str(exc)) from exc
 
 
-def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None) -> int:
+def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None, estimate: int | None = None) -> int:
     """Run the pipeline on every rank; returns rank 0's exit code.
 
     `plan`: the components built from `cfg` in this process; workers started here build their own.
+    `estimate`: the budget check's estimated artifact bytes (results.json records it).
     """
     if under_torchrun():
-        return run(cfg, run_dir, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), plan)
+        return run(cfg, run_dir, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), plan, estimate)
     nproc = int(cfg["train"]["nproc_per_node"])
     if nproc <= 1:
-        return run(cfg, run_dir, 0, 1, plan)
+        return run(cfg, run_dir, 0, 1, plan, estimate)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if cfg["train"]["device"] == "cpu" or not _cuda():
@@ -48,8 +57,39 @@ def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None) -
         start_method="spawn",
         monitor_interval=0.5,
     )
-    results = elastic_launch(lc, _worker)(dict(cfg), str(run_dir))
+    with _quiet_elastic_logs():
+        try:
+            results = elastic_launch(lc, _worker)(dict(cfg), str(run_dir), estimate)
+        except ChildFailedError as exc:
+            _reraise_user_error(exc)
+            raise
     return int(results.get(0, 0) or 0)
+
+
+_USER_ERROR = f"{UserError.__name__}: "
+
+
+def _reraise_user_error(exc: ChildFailedError) -> None:
+    """A worker's user error (missing data, …) is one UserError here, printed once; a bug keeps its traceback."""
+    _, failure = exc.get_first_failure()
+    message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
+    if message.startswith(_USER_ERROR):
+        raise UserError(message[len(_USER_ERROR) :]) from None
+
+
+@contextlib.contextmanager
+def _quiet_elastic_logs():
+    """torch's launcher logs every failed worker's traceback and each SIGTERM it sends; the parent reports
+    the first failure itself (a bug's traceback is in the ChildFailedError it raises)."""
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _cuda() -> bool:

@@ -16,15 +16,24 @@ from paramgolf.runner import stages as S
 from paramgolf.runner.plan import RunPlan, build_plan
 
 
-def run(cfg: Mapping[str, Any], run_dir: Path, rank: int, world_size: int, plan: RunPlan | None = None) -> int:
+def run(
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    rank: int,
+    world_size: int,
+    plan: RunPlan | None = None,
+    estimated_artifact_bytes: int | None = None,
+) -> int:
     """Run the whole pipeline on this rank; returns the exit code (0, or 3 over budget).
 
-    `plan`: the components already built from `cfg` in this process (the CLI builds them to check the config).
+    `plan`: the components already built from `cfg` in this process (the CLI builds them to check the config);
+    `estimated_artifact_bytes`: the CLI's budget check before training, recorded in results.json.
     """
     p = plan or build_plan(cfg, world_size)
     rt, run_dir, artifact = p.runtime, Path(run_dir), Path(run_dir) / S.ARTIFACT_FILE
     env = D.init_distributed(rank, world_size, rt.device, rt.collective_timeout_s)
-    out = S.RunOutput(run_dir, S.run_info(p, env, run_dir=str(run_dir)), env, p.logger)
+    info = S.run_info(p, env, run_dir=str(run_dir), estimated_artifact_bytes=estimated_artifact_bytes)
+    out = S.RunOutput(run_dir, info, env, p.logger)
     res = out.results
     try:
         out.start_logger(run_dir)
@@ -50,8 +59,16 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rank: int, world_size: int, plan:
                 )
             D.barrier()
         with out.stage("score"):
-            pre = res.averaging.pre_quant_val_bpb
-            res.score = S.score_stage(artifact, score, p.scoring, out, step=summary.steps, pre_quant_val_bpb=pre)
+            pre = res.averaging
+            res.score = S.score_stage(
+                artifact,
+                score,
+                p.scoring,
+                out,
+                step=summary.steps,
+                pre_quant_val_bpb=pre.pre_quant_val_bpb,
+                pre_quant_eval=pre.pre_quant_eval,
+            )
         with out.stage("report"):
             return S.report(out, artifact)
     finally:

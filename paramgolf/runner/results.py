@@ -38,6 +38,7 @@ class RunInfo:
     torch_version: str | None = None
     python: str | None = None
     config: dict[str, Any] | None = None  # the resolved config
+    estimated_artifact_bytes: int | None = None  # the budget check's estimate before training (None: off)
     # paramgolf-eval only
     source_run: str | None = None
     source_git_commit: str | None = None
@@ -81,6 +82,7 @@ class AveragingInfo:
     pre_averaging_val_loss: float | None = None
     pre_quant_val_bpb: float | None = None  # the exported (averaged) weights before quantization
     pre_quant_val_loss: float | None = None
+    pre_quant_eval: dict[str, Any] | None = None  # how pre_quant_val_bpb was scored: method, seq_len, stride, tokens
 
 
 @section

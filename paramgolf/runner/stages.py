@@ -51,6 +51,22 @@ from paramgolf.tracking.progress import TrainProgress, format_summary
 ARTIFACT_FILE = "model.pgart"
 WEIGHTS_FILE = "weights.safetensors"
 EXIT_OVER_BUDGET = 3
+# results.json keys the logger's run summary carries (W&B filters runs on them), plus status/compliant/valid.
+SUMMARY_KEYS = (
+    "val_bpb",
+    "val_loss",
+    "pre_quant_val_bpb",
+    "round_trip_gap_bpb",
+    "artifact_bytes",
+    "model_bytes",
+    "code_bytes",
+    "estimated_artifact_bytes",
+    "fits",
+    "params",
+    "steps",
+    "train_time_s",
+    "eval_time_s",
+)
 
 
 class RunOutput:
@@ -361,7 +377,7 @@ def average(
     model.load_state_dict(state, strict=True)
     if pre_quant:
         pre = chosen_eval or score(model)
-        info.pre_quant_val_bpb, info.pre_quant_val_loss = pre.val_bpb, pre.val_loss
+        info.pre_quant_val_bpb, info.pre_quant_val_loss, info.pre_quant_eval = pre.val_bpb, pre.val_loss, scored_as(pre)
         out.say(f"pre-quant val_loss:{pre.val_loss:.4f} val_bpb:{pre.val_bpb:.4f}")
     return state, info
 
@@ -422,6 +438,25 @@ def measure_artifact(path: Path, roots: list[str], budget_bytes: int) -> Artifac
     )
 
 
+SCORED_AS = ("method", "seq_len", "stride", "num_tokens", "num_bytes")  # two scores compare when these agree
+
+
+def scored_as(r: EvalResult) -> dict[str, Any]:
+    """How an evaluation scored and what: results.json's `pre_quant_eval`, compared before taking a gap."""
+    return {k: getattr(r, k) for k in SCORED_AS}
+
+
+def round_trip_gap(
+    val_bpb: float, scored: dict[str, Any], pre_quant_val_bpb: float | None, pre_quant_eval: dict[str, Any] | None
+) -> float | None:
+    """val_bpb after the round trip minus before it; None unless both were scored by one method on one token set."""
+    if pre_quant_val_bpb is None or pre_quant_eval is None:
+        return None
+    if any(pre_quant_eval.get(k) != scored.get(k) for k in SCORED_AS):
+        return None
+    return val_bpb - pre_quant_val_bpb
+
+
 def score_artifact(
     path: Path,
     score: Scorer,
@@ -430,9 +465,13 @@ def score_artifact(
     *,
     selected_on_validation: bool,
     pre_quant_val_bpb: float | None,
+    pre_quant_eval: dict[str, Any] | None,
     entropy_floor_bpb: float | None,
 ) -> ScoreInfo:
-    """Rebuild the model from the artifact alone, evaluate it, and judge the evaluation's legality."""
+    """Rebuild the model from the artifact alone, evaluate it, and judge the evaluation's legality.
+
+    `pre_quant_eval`: how `pre_quant_val_bpb` was scored (`scored_as`); the gap needs the same method.
+    """
     model = rebuild_from_artifact(path, score.env.device)
     r = score(model)
     ev = score.evaluator
@@ -460,16 +499,24 @@ def score_artifact(
         },
         compliance=verdict,
         gap_to_floor_bpb=(r.val_bpb - entropy_floor_bpb) if entropy_floor_bpb else None,
-        round_trip_gap_bpb=(r.val_bpb - pre_quant_val_bpb) if pre_quant_val_bpb is not None else None,
+        round_trip_gap_bpb=round_trip_gap(r.val_bpb, scored_as(r), pre_quant_val_bpb, pre_quant_eval),
     )
 
 
 def score_stage(
-    path: Path, score: Scorer, scoring: Scoring, out: RunOutput, *, step: int, pre_quant_val_bpb: float | None
+    path: Path,
+    score: Scorer,
+    scoring: Scoring,
+    out: RunOutput,
+    *,
+    step: int,
+    pre_quant_val_bpb: float | None,
+    pre_quant_eval: dict[str, Any] | None,
 ) -> ScoreInfo:
     """Measure the artifact's bytes (recorded before evaluating), then score it; logs both.
 
-    `pre_quant_val_bpb`: the exported weights' score before the round trip (for `round_trip_gap_bpb`).
+    `pre_quant_val_bpb`: the exported weights' score before the round trip, `pre_quant_eval`: how it was
+    scored (for `round_trip_gap_bpb`, reported only when the round trip is scored the same way).
     """
     out.results.artifact = art = measure_artifact(path, scoring.code_roots, scoring.budget_bytes)
     out.file.write()  # the bytes are known even if evaluation fails
@@ -480,6 +527,7 @@ def score_stage(
         scoring.eval_cache,
         selected_on_validation=scoring.selected_on_validation,
         pre_quant_val_bpb=pre_quant_val_bpb,
+        pre_quant_eval=pre_quant_eval,
         entropy_floor_bpb=score.val.entropy_floor_bpb,
     )
     out.log(
@@ -506,22 +554,12 @@ def report(out: RunOutput, artifact_path: Path | None = None) -> int:
     """Final status, logger summary (and artifact), the printed summary; returns the exit code."""
     res = out.results
     art, s = res.artifact, res.score
+    status = "ok" if art.fits else "over_budget"
     data = res.to_dict()
-    out.logger.summary(
-        {
-            k: data.get(k)
-            for k in (
-                "val_bpb",
-                "val_loss",
-                "pre_quant_val_bpb",
-                "artifact_bytes",
-                "model_bytes",
-                "code_bytes",
-                "params",
-                "steps",
-            )
-        }
-    )
+    summary = {k: data[k] for k in SUMMARY_KEYS if data.get(k) is not None}
+    summary.update(status=status, compliant=bool(s.compliance.get("compliant")))
+    summary["valid"] = art.fits and summary["compliant"]  # a submission: fits and kept the rules
+    out.logger.summary(summary)
     if artifact_path is not None:  # the logger knows whether it uploads artifacts (logger.log_artifact)
         out.logger.log_artifact(
             artifact_path,
@@ -529,7 +567,7 @@ def report(out: RunOutput, artifact_path: Path | None = None) -> int:
             type="model",
             metadata={"val_bpb": s.val_bpb, "artifact_bytes": art.artifact_bytes},
         )
-    out.file.write("ok" if art.fits else "over_budget")
+    out.file.write(status)
     out.close()  # W&B prints its own lines; ours come last
     if out.main:
         print(format_summary(res.to_dict()), file=sys.stderr, flush=True)

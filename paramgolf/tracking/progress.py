@@ -116,6 +116,20 @@ def _fmt_float(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
 
 
+def _verdict(results: dict[str, Any]) -> str:
+    """Whether the run is a valid submission: the artifact fits and evaluation kept the rules."""
+    reasons = []
+    if not results["fits"]:
+        over = int(results["artifact_bytes"]) - int(results.get("budget_bytes") or DEFAULT_BUDGET_BYTES)
+        reasons.append(f"over budget by {_bytes(over)} bytes")
+    rules = _compliance_line(results["compliance"])
+    if rules != "compliant":
+        reasons.append(f"evaluation {rules}")
+    if not reasons:
+        return "VALID (fits the budget, evaluation kept the rules)"
+    return "NOT VALID: " + "; ".join(reasons)
+
+
 def _compliance_line(compliance: Any) -> str:
     """One line from a compliance verdict: a bool, a string, or a dict of checks."""
     if isinstance(compliance, bool):
@@ -152,8 +166,8 @@ def format_summary(results: dict[str, Any]) -> str:
         rows.append(("val_bpb", f"{_fmt_float(results['val_bpb'])}  (model rebuilt from the artifact)"))
     if has("pre_quant_val_bpb"):
         text = _fmt_float(results["pre_quant_val_bpb"])
-        if has("val_bpb"):
-            text += f"  (quantization cost {results['val_bpb'] - results['pre_quant_val_bpb']:+.4f})"
+        if has("round_trip_gap_bpb"):  # absent when the two were scored by different methods
+            text += f"  (quantization cost {results['round_trip_gap_bpb']:+.4f})"
         rows.append(("pre-quant val_bpb", text))
     if has("val_loss"):
         rows.append(("val_loss", _fmt_float(results["val_loss"])))
@@ -186,6 +200,8 @@ def format_summary(results: dict[str, Any]) -> str:
         rows.append(("entropy floor bpb", text))
     if has("compliance"):
         rows.append(("compliance", _compliance_line(results["compliance"])))
+    if has("compliance") and has("fits"):
+        rows.append(("verdict", _verdict(results)))
 
     width = max((len(label) for label, _ in rows), default=0)
     title = "paramgolf result" + (f": {results['run_name']}" if has("run_name") else "")

@@ -7,8 +7,10 @@ itself off, so the run finishes and writes its results regardless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,6 +138,8 @@ class WandbLogger(Logger):
             self._warn("import/setup", err)
             return
 
+        wandb_dir = run_dir / "wandb"
+        before = set(wandb_dir.glob("run-*"))
         try:
             settings = wandb.Settings(init_timeout=self.init_timeout_s)
             self.run = wandb.init(mode=self.mode, settings=settings, **init_kwargs)
@@ -147,10 +151,16 @@ class WandbLogger(Logger):
                 return
             warnings.warn(
                 f"W&B logger: online init failed ({type(err).__name__}: {err}); "
-                f"falling back to offline, sync later with `wandb sync {run_dir / 'wandb'}`",
+                f"falling back to offline, sync later with `wandb sync {wandb_dir}`",
                 LoggerWarning,
                 stacklevel=2,
             )
+        # The failed attempt leaves a service that prints at exit (after our summary) and a run
+        # directory with nothing to sync: stop the one now, remove the other.
+        with contextlib.suppress(Exception):
+            wandb.teardown()
+        for failed in set(wandb_dir.glob("run-*")) - before:
+            shutil.rmtree(failed, ignore_errors=True)
         try:
             # No explicit id: the failed online attempt may have reserved one.
             self.run = wandb.init(mode="offline", **init_kwargs)

@@ -74,7 +74,11 @@ def option_files() -> list[Path]:
 
 
 def schema_named(group: str, name: str) -> type | None:
-    return dict(SCHEMAS.get(group, [])).get(name)
+    """The schema a YAML's defaults list names (`/schema/<group>/<name>@_here_`), else None."""
+    prefix = f"/schema/{group}/"
+    if not (name.startswith(prefix) and name.endswith("@_here_")):
+        return None
+    return dict(SCHEMAS.get(group, [])).get(name[len(prefix) : -len("@_here_")])
 
 
 def fits(value: Any, annotation: Any) -> bool:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_corpus import TINY_VOCAB, word_docs
 
 from paramgolf.cli.data import main
 from paramgolf.data.build import build_dataset
@@ -143,3 +144,29 @@ def test_build_errors(tmp_path, capsys):
         main(["build", "--docs", str(two), "--out", str(tmp_path / "o"), "--vocab-size", "512", "--val-docs", "5"]) == 2
     )
     assert "--val-docs=5" in capsys.readouterr().err
+
+
+def test_build_refuses_a_file_with_too_few_documents(tmp_path):
+    for texts in ([], ["only one"]):
+        docs = _write_jsonl(tmp_path / "docs.jsonl", texts)
+        with pytest.raises(
+            ValueError, match=rf"docs.jsonl has {len(texts)} document\(s\); a build needs at least 2"
+        ) as e:
+            build_dataset(docs, tmp_path / "o", 512, 1)
+        assert "between" not in str(e.value)  # not "--val-docs=1 must be between 1 and -1"
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_build_leaves_no_tokenizer_and_keeps_an_earlier_build(tmp_path, tiny_tokenizers):
+    few = _write_jsonl(tmp_path / "few.jsonl", word_docs(4))  # too little text for 2000 pieces
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"has vocab size \d+, but --vocab-size=2000 \(the corpus is too small"):
+        build_dataset(few, out, vocab_size=2000, val_docs=1)
+    assert list(out.iterdir()) == []  # no tokenizer.model (nor a temporary one) left behind
+
+    build_dataset(_write_jsonl(tmp_path / "docs.jsonl", word_docs(130)), out, vocab_size=TINY_VOCAB, val_docs=10)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for kwargs in ({"vocab_size": 2000}, {"vocab_size": 512, "tokenizer": tiny_tokenizers[1]}):
+        with pytest.raises(ValueError, match=r"has vocab size \d+, but --vocab-size="):
+            build_dataset(few, out, val_docs=1, **kwargs)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier build is intact

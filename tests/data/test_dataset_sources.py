@@ -11,8 +11,10 @@ import pytest
 from hydra.utils import instantiate
 
 from paramgolf.data.dataset import DatasetInfo, FineWebData, SyntheticData, check_token_ids, check_vocab
+from paramgolf.data.manifest import read_manifest, write_manifest
 from paramgolf.data.shards import HEADER_BYTES, read_shard, recorded_max_token_id, write_shard
 from paramgolf.data.synthetic import SyntheticSpec
+from paramgolf.data.tokenizer import file_sha256
 
 TINY = dict(seed=1, vocab_size=320, lexicon_size=200, train_docs=300, val_docs=40, tokenizer_train_docs=0)
 
@@ -26,6 +28,7 @@ def fineweb_dir(tmp_path, shared_dir):
     tok = tmp_path / "tokenizers/fineweb_1024_bpe.model"
     tok.parent.mkdir()
     shutil.copyfile(shared_dir / "data/tokenizers/fineweb_1024_bpe.model", tok)
+    write_manifest(data, tok)
     return data, tok
 
 
@@ -50,6 +53,10 @@ def test_fineweb_errors_say_what_to_do(fineweb_dir, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match=r"no train shards in .*empty.*paramgolf-data download"):
         FineWebData(str(empty), str(tok)).resolve()
+    (data / "fineweb_val_000000.bin").unlink()
+    with pytest.raises(ValueError, match=r"no val shards in .*fineweb10B_sp1024") as exc:
+        FineWebData(str(data), str(tok)).resolve()
+    assert str(exc.value).count("paramgolf-data download") == 1  # the hint, once
 
 
 def _set_header_slot(path, slot, value):
@@ -143,6 +150,7 @@ def test_synthetic_source(tmp_path, monkeypatch):
     assert isinstance(info, DatasetInfo)
     assert info.data_dir.parent == tmp_path / "env_cache/synthetic"  # the variable wins over cache_dir
     assert info.tokenizer_vocab_size == 320 and info.tokenizer_path.is_file()
+    assert read_manifest(info.data_dir)["tokenizer_sha256"] == file_sha256(info.tokenizer_path)
     assert 0 < info.entropy_bits_per_byte < 8
     assert info.train_files and info.val_files
     for path in [*info.train_files, *info.val_files]:  # paramgolf-built shards record their max id

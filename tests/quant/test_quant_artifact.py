@@ -14,6 +14,7 @@ import torch
 
 from paramgolf.config.compose import compose, to_container
 from paramgolf.quant.artifact import (
+    FORMAT_VERSION,
     MAGIC,
     ArtifactError,
     build_payload,
@@ -59,9 +60,10 @@ def test_pack_is_deterministic_and_has_the_documented_header():
     data = pack_artifact(tiny_qstate(), ARCH, Zlib(), META)
     assert data == pack_artifact(tiny_qstate(), ARCH, Zlib(), META)
     magic, version, n = struct.unpack_from("<6sHB", data)
-    assert (magic, version, data[9 : 9 + n]) == (MAGIC, 1, b"zlib")
-    (length,) = struct.unpack_from("<Q", data, 9 + n)
-    assert length == len(data) - (9 + n + 12)
+    assert (magic, version, data[9 : 9 + n]) == (MAGIC, FORMAT_VERSION, b"zlib")
+    length, raw_length = struct.unpack_from("<QQ", data, 9 + n)
+    assert length == len(data) - (9 + n + 20)
+    assert raw_length == len(build_payload(tiny_qstate(), ARCH, META))
 
 
 @pytest.mark.parametrize("codec", [Zlib(), Zstd(), Lzma(), Raw()], ids=lambda c: c.name)
@@ -77,7 +79,7 @@ def test_round_trip_equals_in_memory_dequantization(tmp_path, codec):
     for name, t in expected.items():
         assert loaded.state_dict[name].dtype == t.dtype and torch.equal(loaded.state_dict[name], t), name
     assert loaded.arch_config == ARCH and loaded.meta == META
-    assert (loaded.codec, loaded.version) == (codec.name, 1)
+    assert (loaded.codec, loaded.version) == (codec.name, FORMAT_VERSION)
     for name, qt in qstate.items():
         got = loaded.qstate[name]
         assert (got.scheme, got.shape, got.dtype, got.meta) == (qt.scheme, qt.shape, qt.dtype, qt.meta)
@@ -87,7 +89,7 @@ def test_round_trip_equals_in_memory_dequantization(tmp_path, codec):
 
 def test_every_flipped_header_byte_and_payload_byte_is_refused(tmp_path):
     data = pack_artifact(tiny_qstate(), ARCH, Zlib(), META)
-    header_len = 9 + 4 + 12
+    header_len = 9 + 4 + 20
     positions = list(range(header_len)) + [header_len, header_len + 1, len(data) // 2, len(data) - 1]
     path = tmp_path / "damaged.pgolf"
     for pos in positions:
@@ -123,17 +125,19 @@ def test_wrong_magic_and_unsupported_version(tmp_path):
     with pytest.raises(ArtifactError, match="not a paramgolf artifact"):
         read_artifact(path)
     # A well-formed file from a future format version: the crc is right, the version is not.
-    payload = Zlib().compress(build_payload(tiny_qstate(), ARCH))
-    head = struct.pack("<6sHB", MAGIC, 2, 4) + b"zlib" + struct.pack("<Q", len(payload))
+    raw = build_payload(tiny_qstate(), ARCH)
+    payload = Zlib().compress(raw)
+    head = struct.pack("<6sHB", MAGIC, 99, 4) + b"zlib" + struct.pack("<QQ", len(payload), len(raw))
     path.write_bytes(head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload)
-    with pytest.raises(ArtifactError, match="unsupported artifact format version 2"):
+    with pytest.raises(ArtifactError, match="unsupported artifact format version 99"):
         read_artifact(path)
 
 
 def test_unknown_scheme_in_a_well_formed_file_is_refused(tmp_path):
     qstate = {"w": QuantizedTensor("int42", (2,), "float32", {"w": torch.zeros(2)})}
     path = tmp_path / "future.pgolf"
-    path.write_bytes(frame_payload(Zlib().compress(build_payload(qstate, ARCH)), "zlib"))
+    raw = build_payload(qstate, ARCH)
+    path.write_bytes(frame_payload(Zlib().compress(raw), "zlib", len(raw)))
     with pytest.raises(ArtifactError, match="int42"):
         read_artifact(path)
 
@@ -152,7 +156,7 @@ def test_reading_never_unpickles(tmp_path, monkeypatch):
     loaded = read_artifact(path)
     assert torch.equal(loaded.state_dict["position"], torch.arange(5))
     # The payload is a safetensors blob (u64 header length, then JSON), not a pickle or a zip.
-    payload = zlib.decompress(path.read_bytes()[25:])
+    payload = zlib.decompress(path.read_bytes()[9 + 4 + 20 :])
     (n,) = struct.unpack_from("<Q", payload)
     assert payload[8:9] == b"{" and payload[8 + n - 1 : 8 + n].strip() in (b"}", b"")
     assert not payload.startswith((b"\x80", b"PK"))

@@ -229,13 +229,26 @@ def test_eval_requantizes_with_full_gptq_calibrated_on_training_batches(smoke_ru
     assert g["quant"]["groups"]["attn_mlp"]["schemes"] == ["intn_row6"]
 
 
-def test_over_budget_run_keeps_its_results_and_exits_nonzero(tmp_path, cache):
-    proc = train(tmp_path, cache, *TINY, "train.iterations=2", "budget_bytes=1000", check=False)
+def test_over_budget_is_refused_before_training(tmp_path, cache):
+    proc = train(tmp_path, cache, *TINY, "budget_bytes=1000", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "over budget_bytes=1,000" in proc.stderr and "budget_check=warn" in proc.stderr
+    assert "trained" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "outputs").rglob("*.safetensors"))  # no step was taken
+
+
+def test_over_budget_run_with_warn_keeps_its_results_and_exits_nonzero(tmp_path, cache):
+    proc = train(tmp_path, cache, *TINY, "train.iterations=2", "budget_bytes=1000", "budget_check=warn", check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.index("WARNING: the estimated artifact") < proc.stderr.index("trained 2 steps")
     (run,) = run_dirs(tmp_path)
     r = json.loads((run / "results.json").read_text())
     assert r["status"] == "over_budget" and r["fits"] is False and (run / "model.pgart").is_file()
+    assert r["estimated_artifact_bytes"] > 1000
     assert "OVER BUDGET by" in proc.stderr and math.isfinite(r["val_bpb"])
+    # the final verdict says the artifact does not fit, not just that evaluation kept the rules
+    verdict = next(line for line in proc.stderr.splitlines() if line.startswith("verdict"))
+    assert "NOT VALID: over budget by" in verdict
 
 
 def test_late_failure_still_writes_what_was_measured(tmp_path, cache, monkeypatch):
@@ -262,8 +275,11 @@ def test_config_mistakes_fail_before_any_work(tmp_path, cache):
         (["+train.foo=1"], "train.foo"),
     ):
         proc = train(tmp_path, cache, *TINY, *bad, check=False)
-        assert proc.returncode != 0 and key in proc.stderr, (bad, proc.stderr[-2000:])
-    assert not (tmp_path / "outputs" / "runs").exists() or not run_dirs(tmp_path)
+        assert proc.returncode == 2 and key in proc.stderr, (bad, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # no run directory is left behind, not even an empty one holding only .hydra/
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not [d for d in runs.rglob("*") if d.is_dir() and d.parent != runs]
 
 
 def test_two_process_gloo_matches_one_process_and_sweeps(tmp_path, cache, smoke_run):
@@ -356,6 +372,12 @@ def test_wandb_offline_run_records_config_metrics_summary_and_artifact(tmp_path,
     assert len(losses) == 3
     assert rec.summary["val_bpb"] == pytest.approx(r["val_bpb"])
     assert rec.summary["artifact_bytes"] == r["artifact_bytes"]
+    # what a user filters valid runs on in the W&B table
+    assert rec.summary["fits"] is True and rec.summary["status"] == "ok"
+    assert rec.summary["compliant"] is True and rec.summary["valid"] is True
+    assert rec.summary["train_time_s"] == pytest.approx(r["train_time_s"])
+    assert rec.summary["eval_time_s"] == pytest.approx(r["eval_time_s"])
+    assert rec.summary["estimated_artifact_bytes"] == r["estimated_artifact_bytes"] > 0
     assert any("smoke" in name for name in rec.artifacts)
     assert rec.group == "smoke" and rec.name == "smoke-s1337"
     # W&B keeps its files under the run dir: no copy of the artifact in its home/cache dirs

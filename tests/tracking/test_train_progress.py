@@ -46,6 +46,7 @@ def test_progress_is_silent_when_disabled_or_not_rank_zero(monkeypatch):
 RESULTS = {
     "val_bpb": 1.2244,
     "pre_quant_val_bpb": 1.2190,
+    "round_trip_gap_bpb": 0.0054,
     "val_loss": 2.0673,
     "artifact_bytes": 15_863_489,
     "model_bytes": 15_815_847,
@@ -74,3 +75,18 @@ def test_summary_flags_over_budget_entropy_gap_and_non_compliance():
     assert "gap +0.2244" in text
     assert "NON-COMPLIANT (single_pass)" in text
     assert "compliant" in format_summary({"compliance": True}) and "NON" not in format_summary({"compliance": True})
+
+
+def test_summary_gives_no_quantization_cost_without_a_same_method_gap():
+    text = format_summary({k: v for k, v in RESULTS.items() if k != "round_trip_gap_bpb"})
+    assert "1.2190" in text and "quantization cost" not in text
+
+
+def test_verdict_line_says_whether_the_artifact_fits_and_the_rules_held():
+    ok = {"compliant": True, "violations": []}
+    bad = {"compliant": False, "checks": {"single_pass": False}}
+    assert "VALID (fits" in format_summary(dict(RESULTS, fits=True, compliance=ok))
+    over = format_summary(dict(RESULTS, artifact_bytes=16_000_100, fits=False, compliance=ok))
+    assert "NOT VALID: over budget by 100 bytes" in over and "evaluation" not in over.split("verdict")[1]
+    both = format_summary(dict(RESULTS, artifact_bytes=16_000_100, fits=False, compliance=bad))
+    assert "NOT VALID: over budget by 100 bytes; evaluation NON-COMPLIANT (single_pass)" in both

@@ -158,3 +158,39 @@ def test_artifact_name_is_sanitised():
     assert artifact_name("pr754/seed 1:model") == "pr754-seed-1-model"
     with pytest.raises(ValueError):
         artifact_name("///")
+
+
+FALLBACK = """
+import sys
+from pathlib import Path
+from paramgolf.tracking.wandb_logger import WandbLogger
+logger = WandbLogger(mode="online", init_timeout_s=3.0)
+logger.start(Path(sys.argv[1]), {"a": 1}, run_name="x-s1", group="x", job_type="train", tags=[])
+logger.log({"train/loss": 1.0}, step=1)
+logger.finish()
+print("=== OUR LAST LINE ===", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_real_online_failure_leaves_one_offline_run_and_no_late_output(tmp_path):
+    """A real unreachable server (a closed local port): one offline run dir, nothing printed after ours."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    env.pop("WANDB_MODE", None)
+    env.pop("WANDB_SILENT", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", FALLBACK, str(tmp_path / "run")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # wandb prints to both
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "falling back to offline" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1] == "=== OUR LAST LINE ===", proc.stdout[-1500:]
+    runs = sorted(p.name for p in (tmp_path / "run" / "wandb").iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
