@@ -140,9 +140,11 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled, leave=False)
 
 
-def finish(sums: Tensor, *, method: str, seq_len: int, stride: int | None, started: float) -> EvalResult:
-    """Turn all-reduced [nll sum, tokens, bytes] into an EvalResult."""
-    nll_sum, num_tokens, num_bytes = all_reduce_sums(sums).tolist()
+def finish(
+    sums: Tensor, *, method: str, seq_len: int, stride: int | None, started: float, reduce: bool = True
+) -> EvalResult:
+    """Turn [nll sum, tokens, bytes] into an EvalResult, all-reduced over the ranks unless `reduce` is False."""
+    nll_sum, num_tokens, num_bytes = (all_reduce_sums(sums) if reduce else sums).tolist()
     if num_tokens <= 0:
         raise UserError("evaluation scored no tokens: val_tokens is too short for eval.seq_len")
     return EvalResult(

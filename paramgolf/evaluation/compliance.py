@@ -10,6 +10,12 @@ from collections.abc import Mapping
 from typing import Any
 
 RULES = ("causality", "normalization", "score_before_update", "single_pass")
+CHECKED = {
+    "causality": "causal",
+    "normalization": "normalized",
+    "score_before_update": "score_first",
+    "single_pass": "single_pass",
+}
 
 
 def assess(
@@ -20,6 +26,7 @@ def assess(
     num_scored: int,
     num_expected: int,
     weights_selected_on_validation: bool = False,
+    checked: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Verdict per rule plus `compliant` and human-readable `violations`.
 
@@ -50,10 +57,17 @@ def assess(
             "train.averaging.select=best_on_validation chose the weights by their validation "
             "score (selection on the test set)"
         )
+    if checked is not None:  # the mechanical check (paramgolf.evaluation.legality) overrides the declarations
+        for rule, key in CHECKED.items():
+            if checked.get(key) is False:
+                verdict[rule] = False
+        violations += [f"checked: {r}" for r in checked.get("reasons", [])]
     if num_scored != num_expected:
         verdict["single_pass"] = False
         violations.append(f"scored {num_scored} tokens, a single pass scores {num_expected}")
-    return {**verdict, "compliant": all(verdict[r] for r in RULES), "violations": violations}
+    out = {**verdict, "compliant": all(verdict[r] for r in RULES), "violations": violations}
+    out["checked"] = dict(checked) if checked is not None else None  # None: declarations only (eval.compliance)
+    return out
 
 
 def summarize(verdict: Mapping[str, Any]) -> str:

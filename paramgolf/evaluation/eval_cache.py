@@ -1,18 +1,13 @@
 """Evaluation-time caches (n-gram backoff and the like): the `eval_cache` config group.
 
-`none` scores the model's own softmax. Caches (later issues) mix another distribution into
-it and declare which legality rules they keep.
+`none` scores the model's own softmax. Caches mix another distribution into it through the
+scoring stream (`paramgolf.evaluation.stream`) and are checked by running them.
 """
 
 from __future__ import annotations
 
-from paramgolf.evaluation.compliance import RULES
+from paramgolf.evaluation.identity import Identity
 
 
-class NoEvalCache:
+class NoEvalCache(Identity):
     """No cache: the scored distribution is the model's softmax over the full vocabulary."""
-
-    name = "none"
-
-    def rules_kept(self) -> dict[str, bool]:
-        return dict.fromkeys(RULES, True)

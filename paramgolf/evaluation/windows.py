@@ -25,15 +25,28 @@ class NonOverlapping:
     stride: int | None = None
 
     def __init__(
-        self, seq_len: int | None = None, batch_tokens: int = 524_288, pre_quant: bool = True, progress: bool = True
+        self,
+        seq_len: int | None = None,
+        batch_tokens: int = 524_288,
+        pre_quant: bool = True,
+        progress: bool = True,
+        compliance: str = "check",
+        probe_tokens: int = 1024,
     ) -> None:
         """`seq_len` None: train.seq_len; `batch_tokens`: tokens per forward batch over all ranks (official
-        VAL_BATCH_SIZE); `pre_quant`: also score the averaged weights before quantization."""
+        VAL_BATCH_SIZE); `pre_quant`: also score the averaged weights before quantization; `compliance`:
+        check (run the legality check on the artifact's model, `paramgolf.evaluation.legality`) or
+        declare (trust the components' declarations); `probe_tokens`: the check's prefix of the split."""
         if seq_len is not None and seq_len < 1:
             raise UserError(f"eval.seq_len={seq_len} must be ≥ 1 (or null: train.seq_len)")
         if batch_tokens < 1:
             raise UserError(f"eval.batch_tokens={batch_tokens} must be ≥ 1")
+        if compliance not in ("check", "declare"):
+            raise UserError(f"eval.compliance={compliance!r} must be check or declare")
+        if probe_tokens < 64:
+            raise UserError(f"eval.probe_tokens={probe_tokens} must be ≥ 64")
         self.seq_len, self.batch_tokens, self.pre_quant, self.progress = seq_len, batch_tokens, pre_quant, progress
+        self.compliance, self.probe_tokens = compliance, probe_tokens
 
     def bind(self, train_seq_len: int) -> None:
         """Fill in the window length from training when the config left it null."""
@@ -105,8 +118,10 @@ class Sliding(NonOverlapping):
         batch_tokens: int = 524_288,
         pre_quant: bool = True,
         progress: bool = True,
+        compliance: str = "check",
+        probe_tokens: int = 1024,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_tokens=batch_tokens, pre_quant=pre_quant, progress=progress)
+        super().__init__(seq_len, batch_tokens, pre_quant, progress, compliance, probe_tokens)
         if stride < 1:
             raise UserError(f"eval.stride={stride} must be ≥ 1")
         self.stride = stride

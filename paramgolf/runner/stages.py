@@ -6,8 +6,10 @@ returns its products plus its section of results.json. `paramgolf-eval` reuses e
 
 from __future__ import annotations
 
+import copy
 import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from paramgolf.data.loader import DistributedTokenLoader
 from paramgolf.data.tokenizer import file_sha256, files_sha256, load_tokenizer
 from paramgolf.evaluation import compliance
 from paramgolf.evaluation.bpb import EvalResult
+from paramgolf.evaluation.legality import check_legality
+from paramgolf.evaluation.stream import run_stream
 from paramgolf.fsio import write_atomic
 from paramgolf.model.training import artifact_view
 from paramgolf.quant.accounting import code_bytes as measure_code_bytes
@@ -193,6 +197,49 @@ class Scorer:
     val: Validation
     env: D.DistEnv
     autocast_dtype: torch.dtype | None
+
+    def adaptive(self, model: nn.Module, ttt: Any, eval_cache: Any) -> EvalResult:
+        """Score through the stream (score a chunk, then let `ttt`/`eval_cache` see it) on the evaluator's windows."""
+        ev = self.evaluator
+        if getattr(ttt, "seq_len", 0) is None:
+            ttt.seq_len = ev.seq_len  # TTT trains on sequences as long as the scored windows
+        if hasattr(ttt, "autocast_dtype"):
+            ttt.autocast_dtype = self.autocast_dtype
+        return run_stream(
+            model,
+            self.val.tokens,
+            self.val.byte_table,
+            ttt=ttt,
+            eval_cache=eval_cache,
+            seq_len=ev.seq_len,
+            stride=ev.stride or ev.seq_len,
+            chunk_tokens=getattr(ttt, "chunk_tokens", None) or getattr(eval_cache, "chunk_tokens", None) or 32_768,
+            batch_seqs=ev.batch_seqs(self.env.world_size),
+            device=self.env.device,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            autocast_dtype=self.autocast_dtype,
+            method=f"{ev.name}+{ttt.name}+{eval_cache.name}",
+        ).result
+
+    def check_legality(self, model: nn.Module, ttt: Any, eval_cache: Any) -> dict[str, Any]:
+        """The mechanical check (`eval.compliance=check`) on a prefix of the split, small windows and chunks."""
+        ev = self.evaluator
+        n = min(ev.probe_tokens, self.val.tokens.numel() - 1)
+        seq = max(8, min(ev.seq_len, n // 8))
+        pristine = copy.deepcopy((ttt, eval_cache))
+        started = time.perf_counter()
+        verdict = check_legality(
+            model,
+            self.val.tokens[: n + 1].cpu(),
+            self.val.byte_table,
+            lambda: copy.deepcopy(pristine),
+            seq_len=seq,
+            stride=max(1, min(ev.stride or seq, seq // 2)),
+            chunk_tokens=max(seq, n // 4),
+            vocab_size=int(self.val.byte_table.base_bytes.numel()),
+        )
+        return {**verdict, "time_s": time.perf_counter() - started}  # an audit: not part of eval_time_s
 
     def __call__(self, model: nn.Module, progress: bool | None = None) -> EvalResult:
         show = self.evaluator.progress if progress is None else progress
@@ -473,15 +520,18 @@ def score_artifact(
     `pre_quant_eval`: how `pre_quant_val_bpb` was scored (`scored_as`); the gap needs the same method.
     """
     model = rebuild_from_artifact(path, score.env.device)
-    r = score(model)
     ev = score.evaluator
+    checked = score.check_legality(model, ttt, eval_cache) if ev.compliance == "check" else None
+    adaptive = ttt.name != "none" or eval_cache.name != "none"
+    r = score.adaptive(model, ttt, eval_cache) if adaptive else score(model)
     verdict = compliance.assess(
         ev,
         ttt,
         eval_cache,
         num_scored=r.num_tokens,
-        num_expected=ev.expected_scored(score.val.num_split_tokens),
+        num_expected=ev.expected_scored(score.val.num_split_tokens) if not adaptive else score.val.tokens.numel() - 1,
         weights_selected_on_validation=selected_on_validation,
+        checked=checked,
     )
     return ScoreInfo(
         val_bpb=r.val_bpb,

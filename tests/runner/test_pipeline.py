@@ -392,3 +392,17 @@ def test_missing_data_is_a_clear_error_that_keeps_a_results_file(tmp_path, cache
     (run,) = run_dirs(tmp_path)
     r = json.loads((run / "results.json").read_text())
     assert r["status"] == "failed" and r["failed_stage"] == "data"
+
+
+def test_score_first_ttt_runs_in_the_score_stage_and_passes_the_mechanical_check(tmp_path, cache):
+    ttt = ["ttt=score_first", "ttt.chunk_tokens=8192", "ttt.epochs=1", "eval=sliding", "eval.stride=64"]
+    train(tmp_path, cache, *TINY, "train.iterations=4", *ttt)
+    (run,) = run_dirs(tmp_path)
+    r = json.loads((run / "results.json").read_text())
+    assert r["eval"]["ttt"] == "score_first" and r["eval"]["method"] == "sliding+score_first+none"
+    assert r["eval"]["num_tokens"] == r["num_val_tokens"] - 1  # every target once
+    checked = r["compliance"]["checked"]
+    assert checked.pop("time_s") > 0
+    assert checked == {"causal": True, "normalized": True, "score_first": True, "single_pass": True, "reasons": []}
+    assert r["compliance"]["compliant"] is True and math.isfinite(r["val_bpb"])
+    assert r["round_trip_gap_bpb"] is None  # pre-quant was scored without TTT: no mixed-method gap

@@ -1,0 +1,105 @@
+"""The mechanical legality check: run a `ttt` × `eval_cache` combination and test the four rules.
+
+Declarations are not trusted. On a short prefix of the validation tokens, with small chunks so
+that adaptive state changes inside the probe, in float64 on the CPU (bit-for-bit repeatable):
+
+- causality: streams that agree up to position t and differ after it must give identical scores
+  at every position ≤ t, and the same distribution at t+1 (only its target changed); several t,
+  inside a window and just before a chunk boundary;
+- normalization: every scored distribution sums to 1 within 1e-6 (the stream gathers the scored
+  probability from it, so it is that distribution's entry at the target);
+- score before update: the stream reveals only scored tokens; a method reading ahead is caught;
+- single pass: every target position scored exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from paramgolf.evaluation.stream import ReadAheadError, run_stream
+
+NORM_TOLERANCE = 1e-6
+
+
+def probe_positions(num_tokens: int, seq_len: int, chunk_tokens: int) -> list[int]:
+    """Positions t after which the probe streams differ: inside the first window, just before a chunk
+    boundary, and in the middle of a later chunk."""
+    candidates = [seq_len // 2, chunk_tokens - 1, chunk_tokens, 2 * chunk_tokens - 2, num_tokens // 2 + 3]
+    return sorted({t for t in candidates if 1 <= t < num_tokens - 2})
+
+
+def check_legality(
+    model: nn.Module,
+    tokens: Tensor,
+    byte_table: Any,
+    make_methods: Callable[[], tuple[Any, Any]],
+    *,
+    seq_len: int,
+    stride: int,
+    chunk_tokens: int,
+    batch_seqs: int = 8,
+    vocab_size: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The verdict {causal, normalized, score_first, single_pass, reasons} for the methods `make_methods()` builds.
+
+    `model` is copied (float64, CPU) for every probe run, so TTT starts from the same weights each time.
+    """
+    base = copy.deepcopy(model).double().cpu()
+    byte_table = byte_table.to(torch.device("cpu"))
+    reasons: list[str] = []
+    n = tokens.numel()
+    positions = probe_positions(n, seq_len, chunk_tokens)
+
+    def stream(toks: Tensor, samples: tuple[int, ...]):
+        ttt, cache = make_methods()
+        return run_stream(
+            copy.deepcopy(base),
+            toks,
+            byte_table,
+            ttt=ttt,
+            eval_cache=cache,
+            seq_len=seq_len,
+            stride=stride,
+            chunk_tokens=chunk_tokens,
+            batch_seqs=batch_seqs,
+            device="cpu",
+            record=True,
+            local=True,
+            sample_positions=samples,
+        )
+
+    verdict = {"causal": True, "normalized": True, "score_first": True, "single_pass": True}
+    try:
+        ref = stream(tokens, tuple(t + 1 for t in positions))
+    except ReadAheadError as exc:
+        verdict["score_first"] = False
+        return {**verdict, "causal": None, "normalized": None, "single_pass": None, "reasons": [f"score_first: {exc}"]}
+    if ref.max_norm_error > NORM_TOLERANCE:
+        verdict["normalized"] = False
+        reasons.append(f"normalized: a scored distribution sums to 1 only within {ref.max_norm_error:.3g}")
+    counts = ref.counts[1:]
+    if not bool((counts == 1).all()):
+        bad = int((counts != 1).nonzero()[0]) + 1
+        verdict["single_pass"] = False
+        reasons.append(f"single_pass: position {bad} scored {int(ref.counts[bad])} times")
+    gen = torch.Generator().manual_seed(seed)
+    for t in positions:
+        other = tokens.clone()
+        other[t + 1 :] = torch.randint(0, vocab_size, (n - t - 1,), generator=gen)
+        alt = stream(other, (t + 1,))
+        diff = (ref.nll[: t + 1] != alt.nll[: t + 1]).nonzero()
+        if len(diff):
+            verdict["causal"] = False
+            reasons.append(f"causal: the score at position {int(diff[0])} changed when only tokens after {t} changed")
+            break
+        if t + 1 in ref.distributions and not torch.equal(ref.distributions[t + 1], alt.distributions.get(t + 1)):
+            verdict["causal"] = False
+            reasons.append(f"causal: the distribution at position {t + 1} changed when only its target changed")
+            break
+    return {**verdict, "reasons": reasons}

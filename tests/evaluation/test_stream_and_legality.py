@@ -1,0 +1,195 @@
+"""The scoring stream (score a chunk, then reveal it), score-first TTT and the mechanical legality check."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from evalkit import make_byte_table  # tests/evaluation/evalkit.py
+
+from paramgolf.config.compose import compose, to_container
+from paramgolf.evaluation.eval_cache import NoEvalCache
+from paramgolf.evaluation.identity import Identity
+from paramgolf.evaluation.legality import check_legality
+from paramgolf.evaluation.score_first import ScoreFirstTTT
+from paramgolf.evaluation.sliding import evaluate_sliding
+from paramgolf.evaluation.stream import ReadAheadError, TokenView, chunk_windows, run_stream
+from paramgolf.evaluation.ttt import NoTTT
+from paramgolf.runner.build import build_model
+
+VOCAB, SEQ, STRIDE, CHUNK = 512, 32, 8, 48
+
+
+@pytest.fixture(scope="module")
+def model():
+    c = to_container(compose(["experiment=smoke", "arch.num_layers=2", "arch.model_dim=64"]))
+    torch.manual_seed(0)
+    return build_model(c["arch"]).eval()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, VOCAB, (200,), generator=g)
+
+
+def _stream(model, tokens, ttt=None, cache=None, **kw):
+    return run_stream(
+        model,
+        tokens,
+        make_byte_table(VOCAB),
+        ttt=ttt or NoTTT(),
+        eval_cache=cache or NoEvalCache(),
+        seq_len=SEQ,
+        stride=STRIDE,
+        chunk_tokens=CHUNK,
+        batch_seqs=4,
+        device="cpu",
+        **kw,
+    )
+
+
+def test_windows_belong_to_the_chunk_of_their_first_scored_target_and_score_each_target_once():
+    n = 200
+    chunks = chunk_windows(n, SEQ, STRIDE, CHUNK)
+    scored = []
+    for chunk, windows in chunks:
+        for w in windows:
+            assert chunk.first <= w.score_from < chunk.first + CHUNK
+            scored += range(w.score_from, w.end)
+            assert w.end <= chunk.end
+    assert sorted(scored) == list(range(1, n))
+    assert [c.index for c, _ in chunks] == list(range(len(chunks))) and chunks[-1][0].is_last
+
+
+def test_token_view_refuses_to_read_past_the_scored_tokens():
+    view = TokenView(torch.arange(10), 6)
+    assert view[2:6].tolist() == [2, 3, 4, 5]
+    with pytest.raises(ReadAheadError, match="position 6 is not scored yet"):
+        view[0:7]
+
+
+def test_the_identity_stream_equals_sliding_evaluation(model, tokens):
+    ref = evaluate_sliding(
+        model, tokens, make_byte_table(VOCAB), seq_len=SEQ, stride=STRIDE, batch_seqs=4, device="cpu"
+    )
+    got = _stream(model, tokens, record=True)
+    assert got.result.num_tokens == ref.num_tokens == 199 and got.result.num_bytes == ref.num_bytes
+    assert got.result.val_loss == pytest.approx(ref.val_loss, rel=1e-6)
+    assert bool((got.counts[1:] == 1).all()) and got.max_norm_error < 1e-9
+
+
+class _Spy(ScoreFirstTTT):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def adapt(self, model, seen, chunk):
+        self.calls.append((chunk.index, len(seen), chunk.end))
+        super().adapt(model, seen, chunk)
+
+
+def test_score_first_ttt_adapts_after_each_chunk_but_the_last_and_changes_later_scores(model, tokens):
+    spy = _Spy(lr=0.05, epochs=2, seq_len=16, batch_seqs=2)
+    adapted = _stream(copy.deepcopy(model), tokens, ttt=spy, record=True)
+    plain = _stream(model, tokens, record=True)
+    count = len(chunk_windows(200, SEQ, STRIDE, CHUNK))
+    assert [c[0] for c in spy.calls] == list(range(count - 1))  # never after the last chunk
+    assert all(seen == end for _, seen, end in spy.calls)  # it saw exactly what was scored
+    first_end = spy.calls[0][2]
+    assert torch.equal(adapted.nll[:first_end], plain.nll[:first_end])  # chunk 0: the artifact's weights
+    assert not torch.equal(adapted.nll[first_end:], plain.nll[first_end:])  # later chunks: adapted weights
+    assert spy.steps == 2 * (count - 1) * 2  # 3 sequences of 16 per chunk → 2 batches of 2, 2 epochs
+
+
+def _check(model, tokens, make):
+    return check_legality(
+        model,
+        tokens,
+        make_byte_table(VOCAB),
+        make,
+        seq_len=SEQ,
+        stride=STRIDE,
+        chunk_tokens=CHUNK,
+        vocab_size=VOCAB,
+    )
+
+
+def test_the_check_passes_no_method_and_score_first_ttt(model, tokens):
+    for make in (lambda: (NoTTT(), NoEvalCache()), lambda: (ScoreFirstTTT(lr=0.05, seq_len=16), NoEvalCache())):
+        v = _check(model, tokens, make)
+        assert v == {"causal": True, "normalized": True, "score_first": True, "single_pass": True, "reasons": []}
+
+
+class _ReadsAhead(Identity):
+    def adapt(self, model, seen, chunk):
+        seen[0 : len(seen) + 1]
+
+
+class _PeeksAtTheTarget(Identity):
+    """Moves probability to the next input token, which is the target: normalized but not causal."""
+
+    def mix(self, x, log_probs):
+        nxt = torch.roll(x, -1, dims=1)
+        boost = torch.zeros_like(log_probs).scatter_(-1, nxt[..., None], 2.0)
+        return torch.log_softmax(log_probs + boost, dim=-1)
+
+
+class _Unnormalized(Identity):
+    def mix(self, x, log_probs):
+        return log_probs + 0.01
+
+
+def test_the_check_flags_each_broken_rule_with_a_reason(model, tokens):
+    ahead = _check(model, tokens, lambda: (_ReadsAhead(), NoEvalCache()))
+    assert ahead["score_first"] is False and "is not scored yet" in ahead["reasons"][0]
+    peek = _check(model, tokens, lambda: (NoTTT(), _PeeksAtTheTarget()))
+    assert peek["causal"] is False and peek["normalized"] is True
+    assert "changed when only" in peek["reasons"][0] and "position" in peek["reasons"][0]
+    unnorm = _check(model, tokens, lambda: (NoTTT(), _Unnormalized()))
+    assert unnorm["normalized"] is False and unnorm["causal"] is True and "sums to 1" in unnorm["reasons"][0]
+
+
+def test_score_first_ttt_refuses_bad_settings():
+    from paramgolf.errors import UserError
+
+    with pytest.raises(UserError, match="ttt.epochs=0"):
+        ScoreFirstTTT(epochs=0)
+    with pytest.raises(UserError, match="momentum"):
+        ScoreFirstTTT(momentum=1.0)
+    with pytest.raises(ReadAheadError):
+        ScoreFirstTTT().adapt(None, TokenView(torch.arange(10), 5), type("C", (), {"first": 1, "end": 9})())
+
+
+def _ttt_result(rank: int, world_size: int) -> dict:
+    c = to_container(compose(["experiment=smoke", "arch.num_layers=2", "arch.model_dim=64"]))
+    torch.manual_seed(0)
+    m = build_model(c["arch"]).double().eval()
+    g = torch.Generator().manual_seed(1)
+    toks = torch.randint(0, VOCAB, (200,), generator=g)
+    r = run_stream(
+        m,
+        toks,
+        make_byte_table(VOCAB),
+        ttt=ScoreFirstTTT(lr=0.05, epochs=2, seq_len=16, batch_seqs=3),
+        eval_cache=NoEvalCache(),
+        seq_len=SEQ,
+        stride=STRIDE,
+        chunk_tokens=CHUNK,
+        batch_seqs=2,
+        device="cpu",
+        rank=rank,
+        world_size=world_size,
+    ).result
+    return {"val_loss": r.val_loss, "num_tokens": r.num_tokens, "weight": float(m.tok_emb.weight.detach().sum())}
+
+
+def test_two_gloo_ranks_give_score_first_ttt_the_same_val_bpb_as_one():
+    from gloo_workers import run_gloo_workers
+
+    one = _ttt_result(0, 1)
+    for got in run_gloo_workers(_ttt_result, world_size=2):
+        assert got["num_tokens"] == one["num_tokens"] == 199
+        assert got["val_loss"] == pytest.approx(one["val_loss"], rel=1e-10)
+        assert got["weight"] == pytest.approx(one["weight"], rel=1e-10)  # every rank holds the same weights
