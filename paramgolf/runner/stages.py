@@ -201,10 +201,7 @@ class Scorer:
     def adaptive(self, model: nn.Module, ttt: Any, eval_cache: Any) -> EvalResult:
         """Score through the stream (score a chunk, then let `ttt`/`eval_cache` see it) on the evaluator's windows."""
         ev = self.evaluator
-        if getattr(ttt, "seq_len", 0) is None:
-            ttt.seq_len = ev.seq_len  # TTT trains on sequences as long as the scored windows
-        if hasattr(ttt, "autocast_dtype"):
-            ttt.autocast_dtype = self.autocast_dtype
+        self._bind(ttt)
         return run_stream(
             model,
             self.val.tokens,
@@ -222,9 +219,16 @@ class Scorer:
             method=f"{ev.name}+{ttt.name}+{eval_cache.name}",
         ).result
 
+    def _bind(self, ttt: Any) -> None:
+        if getattr(ttt, "seq_len", 0) is None:
+            ttt.seq_len = self.evaluator.seq_len  # TTT trains on sequences as long as the scored windows
+        if hasattr(ttt, "autocast_dtype"):
+            ttt.autocast_dtype = self.autocast_dtype
+
     def check_legality(self, model: nn.Module, ttt: Any, eval_cache: Any) -> dict[str, Any]:
         """The mechanical check (`eval.compliance=check`) on a prefix of the split, small windows and chunks."""
         ev = self.evaluator
+        self._bind(ttt)
         n = min(ev.probe_tokens, self.val.tokens.numel() - 1)
         seq = max(8, min(ev.seq_len, n // 8))
         pristine = copy.deepcopy((ttt, eval_cache))
