@@ -138,7 +138,7 @@ def run_stream(
         check_ranks(rank, world_size)
     n = tokens.numel()
     byte_table = byte_table.to(device)
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     nll_at = torch.zeros(n, dtype=torch.float64) if record else None
     counts = torch.zeros(n, dtype=torch.int64) if record else None
     dists: dict[int, Tensor] = {}
@@ -151,39 +151,34 @@ def run_stream(
         model.eval()
         for b in range(0, len(mine), batch_seqs):
             batch = mine[b : b + batch_seqs]
-            span = batch[0].end - batch[0].start
-            same = [w for w in batch if w.end - w.start == span]  # the short single window of a tiny split
-            for group in (same, [w for w in batch if w.end - w.start != span]):
-                if not group:
-                    continue
-                span = group[0].end - group[0].start
-                starts = torch.tensor([w.start for w in group])
-                idx = starts[:, None] + torch.arange(span)
-                window_tokens = tokens[idx].to(device)
-                x, y = window_tokens[:, :-1], window_tokens[:, 1:]
-                with torch.no_grad(), autocast(device, autocast_dtype):
+            span = batch[0].end - batch[0].start  # every window of a split has the same length
+            idx = torch.tensor([w.start for w in batch])[:, None] + torch.arange(span)
+            window_tokens = tokens[idx].to(device)
+            x, y = window_tokens[:, :-1], window_tokens[:, 1:]
+            with torch.no_grad():
+                with autocast(device, autocast_dtype):
                     logits = model(x)
-                    log_probs = eval_cache.mix(x, F.log_softmax(logits.double(), dim=-1))
-                first = torch.tensor([w.score_from - w.start - 1 for w in group], device=device)
-                mask = torch.arange(span - 1, device=device)[None, :] >= first[:, None]
-                nll = -log_probs.gather(-1, y[..., None]).squeeze(-1)
-                lse = torch.logsumexp(log_probs, dim=-1)
-                norm_error = torch.maximum(norm_error, (lse.abs() * mask).max())
-                nb = byte_table.count(x, y).double() * mask
-                sums += torch.stack([(nll * mask).sum(), mask.sum().double(), nb.sum()]).cpu()
-                if record:
-                    pos = (idx[:, 1:]).to(device)[mask].cpu()
-                    nll_at.index_add_(0, pos, nll[mask].cpu())
-                    counts.index_add_(0, pos, torch.ones_like(pos))
-                    for p in wanted & set(pos.tolist()):
-                        r, j = (idx[:, 1:] == p).nonzero()[0].tolist()
-                        if mask[r, j]:
-                            dists[p] = log_probs[r, j].cpu()
+                log_probs = eval_cache.mix(x, F.log_softmax(logits.double(), dim=-1))
+            first = torch.tensor([w.score_from - w.start - 1 for w in batch], device=device)
+            mask = torch.arange(span - 1, device=device)[None, :] >= first[:, None]
+            nll = -log_probs.gather(-1, y[..., None]).squeeze(-1)
+            lse = torch.logsumexp(log_probs, dim=-1)
+            norm_error = torch.maximum(norm_error, (lse.abs() * mask).max())
+            nb = byte_table.count(x, y).double() * mask
+            sums += torch.stack([(nll * mask).sum(), mask.sum().double(), nb.sum()])  # on the device: no sync
+            if record:
+                pos = idx[:, 1:][mask.cpu()]
+                nll_at.index_add_(0, pos, nll[mask].cpu())
+                counts.index_add_(0, pos, torch.ones_like(pos))
+                for p in wanted & set(pos.tolist()):
+                    r, j = (idx[:, 1:] == p).nonzero()[0].tolist()
+                    if mask[r, j]:
+                        dists[p] = log_probs[r, j].cpu()
         seen = TokenView(tokens, chunk.end)
         if not chunk.is_last:
             ttt.adapt(model, seen, chunk)
             eval_cache.update(seen, chunk)
-    result = finish(sums.to(device), method=method, seq_len=seq_len, stride=stride, started=started, reduce=not local)
+    result = finish(sums, method=method, seq_len=seq_len, stride=stride, started=started, reduce=not local)
     return StreamScores(result, nll_at, counts, dists, float(norm_error))
 
 

@@ -210,7 +210,7 @@ class Scorer:
             eval_cache=eval_cache,
             seq_len=ev.seq_len,
             stride=ev.stride or ev.seq_len,
-            chunk_tokens=getattr(ttt, "chunk_tokens", None) or getattr(eval_cache, "chunk_tokens", None) or 32_768,
+            chunk_tokens=next(m.chunk_tokens for m in (ttt, eval_cache) if hasattr(m, "chunk_tokens")),
             batch_seqs=ev.batch_seqs(self.env.world_size),
             device=self.env.device,
             rank=self.env.rank,
