@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,16 @@ def _known_fields(node: DictConfig) -> set[str] | None:
     return None
 
 
+def _free_form(node: DictConfig, key: str) -> bool:
+    """A field typed as a mapping (e.g. `dict[str, float]` of per-name factors): its keys are the user's."""
+    typ = OmegaConf.get_type(node)
+    if typ is None or not dataclasses.is_dataclass(typ):
+        return False
+    hint = next((f.type for f in dataclasses.fields(typ) if f.name == key), None)
+    args = [hint, *typing.get_args(hint)]  # Optional[dict[...]] too
+    return any(typing.get_origin(a) is dict or a is dict for a in args)
+
+
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     """Reject keys no schema knows, e.g. ones added with `+`/`++` (Hydra accepts those)."""
     if isinstance(cfg, ListConfig):
@@ -137,7 +148,8 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
             continue
         child = cfg._get_node(key)
         if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
-            check_known_keys(child, full)
+            if not _free_form(cfg, key):
+                check_known_keys(child, full)
 
 
 def unknown_key_message(full_key: str, known: set[str] | list[str]) -> str:

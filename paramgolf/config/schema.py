@@ -28,6 +28,7 @@ from omegaconf import MISSING
 from paramgolf.data.dataset import FineWebData, SyntheticData
 from paramgolf.evaluation.eval_cache import NoEvalCache
 from paramgolf.evaluation.score_first import ScoreFirstTTT
+from paramgolf.evaluation.slot import SlotCausal, SlotPublished
 from paramgolf.evaluation.ttt import NoTTT
 from paramgolf.evaluation.windows import NonOverlapping, Sliding
 from paramgolf.model.attention import CausalSelfAttention
@@ -170,6 +171,8 @@ class QuantConfig:
 # ---------------------------------------------------------------- ttt / eval_cache / eval (paramgolf.evaluation)
 NoTTTConfig = component(NoTTT)
 ScoreFirstTTTConfig = component(ScoreFirstTTT)
+SlotCausalConfig = component(SlotCausal)
+SlotPublishedConfig = component(SlotPublished)
 NoEvalCacheConfig = component(NoEvalCache)
 NonOverlappingEvalConfig = component(NonOverlapping)
 SlidingEvalConfig = component(Sliding)
@@ -274,7 +277,12 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
         ("sevenzip_schema", SevenZipConfig),
         ("brotli_schema", BrotliConfig),
     ],
-    "ttt": [("none_schema", NoTTTConfig), ("score_first_schema", ScoreFirstTTTConfig)],
+    "ttt": [
+        ("none_schema", NoTTTConfig),
+        ("score_first_schema", ScoreFirstTTTConfig),
+        ("slot_causal_schema", SlotCausalConfig),
+        ("slot_published_schema", SlotPublishedConfig),
+    ],
     "eval_cache": [("none_schema", NoEvalCacheConfig)],
     "eval": [("non_overlapping_schema", NonOverlappingEvalConfig), ("sliding_schema", SlidingEvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],

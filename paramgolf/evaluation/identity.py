@@ -18,11 +18,17 @@ class Identity:
     def begin(self, *args) -> None:  # fresh state before a stream
         pass
 
+    def score_logits(self, model, x, *, seen, positions, first):  # ttt: the logits a batch is scored with
+        return model(x)
+
     def adapt(self, model, seen, chunk) -> None:  # ttt: after a chunk is scored
         pass
 
-    def mix(self, x, log_probs):  # eval_cache: the scored distribution
-        return log_probs
+    def score(self, x, y, log_probs, mask):  # eval_cache: log-probability of each target
+        return log_probs.gather(-1, y[..., None]).squeeze(-1)
+
+    def distribution(self, x_row, j, log_probs_row):  # eval_cache: the full distribution at one position
+        return log_probs_row
 
     def update(self, seen, chunk) -> None:  # eval_cache: after a chunk is scored
         pass

@@ -67,14 +67,20 @@ class ScoreFirstTTT(Identity):
         self.autocast_dtype: torch.dtype | None = None  # set by the score stage (bf16 on CUDA)
         self.steps = 0
 
-    def _frozen(self, name: str) -> bool:
-        m = re.match(r"blocks\.(\d+)\.", name)
-        return m is not None and int(m.group(1)) < self.freeze_blocks
+    def _frozen(self, name: str, frozen_cores: set[int]) -> bool:
+        m = re.match(r"(blocks|cores)\.(\d+)\.", name)
+        if m is None:
+            return False
+        index = int(m.group(2))
+        return index < self.freeze_blocks if m.group(1) == "blocks" else index in frozen_cores
 
     def begin(self, model: nn.Module) -> None:
+        # With depth recurrence the first blocks' shared cores stay frozen in every later use too (#537).
+        core_of = getattr(model, "core_of", None) if getattr(model, "cores", None) is not None else None
+        frozen_cores = {core_of[i] for i in range(min(self.freeze_blocks, len(core_of)))} if core_of else set()
         groups: dict[float, list[nn.Parameter]] = {}
         for name, p in model.named_parameters():
-            if self._frozen(name):
+            if self._frozen(name, frozen_cores):
                 p.requires_grad_(False)
                 continue
             factor = next((f for pat, f in self.lr_multipliers.items() if re.search(pat, name)), 1.0)

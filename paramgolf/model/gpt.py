@@ -175,10 +175,17 @@ class GPT(nn.Module):
             if i < self.num_encoder_layers:
                 skips.append(x)
         x = self.final_norm(x)
-        if self.lm_head is None:
-            logits = x @ self.tok_emb.weight.to(x.dtype).t()
-        else:
-            logits = self.lm_head(x)
-        c = self.logit_softcap
-        logits = c * torch.tanh(logits / c)
+        logits = self.head_logits(x)
         return (logits, x) if return_hidden else logits
+
+    def head_logits(self, hidden: Tensor, extra: Tensor | None = None) -> Tensor:
+        """Softcapped logits from the final normed hidden state; `extra` is added before the softcap
+        (evaluation-time methods: SLOT's logit bias, the LoRA head's output)."""
+        if self.lm_head is None:
+            logits = hidden @ self.tok_emb.weight.to(hidden.dtype).t()
+        else:
+            logits = self.lm_head(hidden)
+        if extra is not None:
+            logits = logits + extra.to(logits.dtype)
+        c = self.logit_softcap
+        return c * torch.tanh(logits / c)

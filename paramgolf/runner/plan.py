@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from paramgolf.errors import UserError
+from paramgolf.evaluation.stream import check_methods
 from paramgolf.quant.calibration import CalibrationData
 from paramgolf.quant.qat import LateQAT
 from paramgolf.quant.recipe import ExportRecipe
@@ -167,6 +168,8 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         progress=t["progress"],
     )
     averaging = instantiate_unwrapped(t["averaging"])
+    ttt, eval_cache = instantiate_unwrapped(c["ttt"]), instantiate_unwrapped(c["eval_cache"])
+    check_methods(ttt, eval_cache)
     return RunPlan(
         name=c["name"],
         seed=c["seed"],
@@ -179,8 +182,8 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         export=export,
         scoring=Scoring(
             evaluator,
-            instantiate_unwrapped(c["ttt"]),
-            instantiate_unwrapped(c["eval_cache"]),
+            ttt,
+            eval_cache,
             code_roots(c),
             c["budget_bytes"],
             selected_on_validation=averaging.selects_on_validation,

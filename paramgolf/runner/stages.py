@@ -25,7 +25,7 @@ from paramgolf.data.tokenizer import file_sha256, files_sha256, load_tokenizer
 from paramgolf.evaluation import compliance
 from paramgolf.evaluation.bpb import EvalResult
 from paramgolf.evaluation.legality import check_legality
-from paramgolf.evaluation.stream import run_stream
+from paramgolf.evaluation.stream import StreamScores, run_stream, stream_chunk_tokens
 from paramgolf.fsio import write_atomic
 from paramgolf.model.training import artifact_view
 from paramgolf.quant.accounting import code_bytes as measure_code_bytes
@@ -198,7 +198,7 @@ class Scorer:
     env: D.DistEnv
     autocast_dtype: torch.dtype | None
 
-    def adaptive(self, model: nn.Module, ttt: Any, eval_cache: Any) -> EvalResult:
+    def adaptive(self, model: nn.Module, ttt: Any, eval_cache: Any) -> StreamScores:
         """Score through the stream (score a chunk, then let `ttt`/`eval_cache` see it) on the evaluator's windows."""
         ev = self.evaluator
         self._bind(ttt)
@@ -210,14 +210,14 @@ class Scorer:
             eval_cache=eval_cache,
             seq_len=ev.seq_len,
             stride=ev.stride or ev.seq_len,
-            chunk_tokens=next(m.chunk_tokens for m in (ttt, eval_cache) if hasattr(m, "chunk_tokens")),
+            chunk_tokens=stream_chunk_tokens(ttt, eval_cache, self.val.tokens.numel()),
             batch_seqs=ev.batch_seqs(self.env.world_size),
             device=self.env.device,
             rank=self.env.rank,
             world_size=self.env.world_size,
             autocast_dtype=self.autocast_dtype,
             method=f"{ev.name}+{ttt.name}+{eval_cache.name}",
-        ).result
+        )
 
     def _bind(self, ttt: Any) -> None:
         if getattr(ttt, "seq_len", 0) is None:
@@ -518,16 +518,19 @@ def score_artifact(
     pre_quant_val_bpb: float | None,
     pre_quant_eval: dict[str, Any] | None,
     entropy_floor_bpb: float | None,
+    train_time_s: float | None = None,
 ) -> ScoreInfo:
     """Rebuild the model from the artifact alone, evaluate it, and judge the evaluation's legality.
 
-    `pre_quant_eval`: how `pre_quant_val_bpb` was scored (`scored_as`); the gap needs the same method.
+    `pre_quant_eval`: how `pre_quant_val_bpb` was scored (`scored_as`); the gap needs the same method;
+    `train_time_s`: training plus what was computed from training data after it (the time budget).
     """
     model = rebuild_from_artifact(path, score.env.device)
     ev = score.evaluator
     checked = score.check_legality(model, ttt, eval_cache) if ev.compliance == "check" else None
     adaptive = ttt.name != "none" or eval_cache.name != "none"
-    r = score.adaptive(model, ttt, eval_cache) if adaptive else score(model)
+    streamed = score.adaptive(model, ttt, eval_cache) if adaptive else None
+    r = streamed.result if streamed is not None else score(model)
     verdict = compliance.assess(
         ev,
         ttt,
@@ -536,6 +539,8 @@ def score_artifact(
         num_expected=ev.expected_scored(score.val.num_split_tokens) if not adaptive else score.val.tokens.numel() - 1,
         weights_selected_on_validation=selected_on_validation,
         checked=checked,
+        within_budget=compliance.time_budget(r.eval_time_s, train_time_s, hardware(score.env)),
+        read_ahead=streamed.read_ahead if streamed is not None else (),
     )
     return ScoreInfo(
         val_bpb=r.val_bpb,
@@ -555,6 +560,14 @@ def score_artifact(
         gap_to_floor_bpb=(r.val_bpb - entropy_floor_bpb) if entropy_floor_bpb else None,
         round_trip_gap_bpb=round_trip_gap(r.val_bpb, scored_as(r), pre_quant_val_bpb, pre_quant_eval),
     )
+
+
+def hardware(env: D.DistEnv) -> str:
+    """The run's hardware in the time budget's terms: "8×H100" on the challenge's machines."""
+    if env.device.type == "cuda":
+        name = torch.cuda.get_device_name(env.device)
+        return f"{env.world_size}×{'H100' if 'H100' in name else name}"
+    return f"{env.world_size}×{env.device.type}"
 
 
 def score_stage(
@@ -583,6 +596,7 @@ def score_stage(
         pre_quant_val_bpb=pre_quant_val_bpb,
         pre_quant_eval=pre_quant_eval,
         entropy_floor_bpb=score.val.entropy_floor_bpb,
+        train_time_s=train_time_charged(out.results),
     )
     out.log(
         {
@@ -601,6 +615,13 @@ def score_stage(
     return s
 
 
+def train_time_charged(res: Results) -> float | None:
+    """Training's time for the budget: the loop plus calibration on training data after it (GPTQ)."""
+    if res.export is not None and res.export.train_plus_calibration_s is not None:
+        return res.export.train_plus_calibration_s
+    return res.train.train_time_s if res.train is not None else None
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -612,6 +633,9 @@ def report(out: RunOutput, artifact_path: Path | None = None) -> int:
     data = res.to_dict()
     summary = {k: data[k] for k in SUMMARY_KEYS if data.get(k) is not None}
     summary.update(status=status, compliant=bool(s.compliance.get("compliant")))
+    for key in ("causal", "normalized", "score_first", "single_pass", "within_budget", "verdict"):
+        summary[f"compliance/{key}"] = s.compliance.get(key)  # W&B filters on them; None: unknown
+    summary["compliance/reasons"] = "; ".join(s.compliance.get("reasons", []))
     summary["valid"] = art.fits and summary["compliant"]  # a submission: fits and kept the rules
     out.logger.summary(summary)
     if artifact_path is not None:  # the logger knows whether it uploads artifacts (logger.log_artifact)

@@ -130,12 +130,20 @@ def _verdict(results: dict[str, Any]) -> str:
     return "NOT VALID: " + "; ".join(reasons)
 
 
+RULE_KEYS = ("causal", "normalized", "score_first", "single_pass", "within_budget")
+
+
 def _compliance_line(compliance: Any) -> str:
     """One line from a compliance verdict: a bool, a string, or a dict of checks."""
     if isinstance(compliance, bool):
         return "compliant" if compliance else "NON-COMPLIANT"
     if isinstance(compliance, str):
         return compliance
+    if isinstance(compliance, dict) and "verdict" in compliance:  # paramgolf.evaluation.compliance.assess
+        failed = [k for k in RULE_KEYS if compliance.get(k) is False]
+        if compliance.get("compliant"):
+            return "compliant"
+        return "NON-COMPLIANT" + (f" ({', '.join(failed)})" if failed else "")
     if isinstance(compliance, dict):
         checks = compliance.get("checks", {k: v for k, v in compliance.items() if k != "compliant"})
         if not isinstance(checks, dict):
@@ -200,6 +208,12 @@ def format_summary(results: dict[str, Any]) -> str:
         rows.append(("entropy floor bpb", text))
     if has("compliance"):
         rows.append(("compliance", _compliance_line(results["compliance"])))
+        c = results["compliance"]
+        if isinstance(c, dict) and "verdict" in c:
+            marks = {True: "yes", False: "NO", None: "unknown"}
+            how = "checked by running it" if c.get("checked") else "declared"
+            rows.append(("  rules", " · ".join(f"{k} {marks[c.get(k)]}" for k in RULE_KEYS) + f"  ({how})"))
+            rows += [("  reason", r) for r in c.get("reasons", [])[:4]]
     if has("compliance") and has("fits"):
         rows.append(("verdict", _verdict(results)))
 

@@ -21,13 +21,14 @@ class PeekingTTT:
 
 def test_baseline_evaluation_is_compliant():
     v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=99, num_expected=99)
-    assert v["compliant"] and not v["violations"] and all(v[r] for r in compliance.RULES)
+    assert v["compliant"] and v["verdict"] == "compliant" and not v["reasons"]
+    assert all(v[k] for k in ("causal", "normalized", "score_first", "single_pass")) and v["within_budget"] is None
 
 
 def test_a_declared_violation_is_labelled():
     v = compliance.assess(PLAIN, PeekingTTT(), NoEvalCache(), num_scored=10, num_expected=10)
-    assert not v["compliant"] and v["score_before_update"] is False and v["causality"] is True
-    assert v["violations"] == ["ttt=peek breaks score_before_update"]
+    assert not v["compliant"] and v["score_first"] is False and v["causal"] is True
+    assert v["verdict"] == "non-compliant" and v["reasons"] == ["ttt=peek declares it breaks score_before_update"]
     assert compliance.summarize(v).startswith("NON-COMPLIANT")
 
 
@@ -38,7 +39,7 @@ def test_tokens_scored_twice_or_skipped_break_single_pass():
 
 def test_a_component_without_declaration_is_never_assumed_legal():
     v = compliance.assess(SLIDING, object(), NoEvalCache(), num_scored=5, num_expected=5)
-    assert not v["compliant"] and "no compliance declaration" in v["violations"][0]
+    assert not v["compliant"] and "no compliance declaration" in v["reasons"][0]
 
 
 def test_expected_counts_follow_each_method():
@@ -48,4 +49,18 @@ def test_expected_counts_follow_each_method():
 
 def test_an_evaluator_without_declaration_is_never_assumed_legal():
     v = compliance.assess(object(), NoTTT(), NoEvalCache(), num_scored=5, num_expected=5)
-    assert not v["compliant"] and v["violations"][0].startswith("eval=object")
+    assert not v["compliant"] and v["reasons"][0].startswith("eval=object")
+
+
+def test_the_time_budget_is_judged_only_on_the_challenge_hardware():
+    unknown = compliance.time_budget(900.0, 100.0, "1×cpu")
+    assert unknown[0] is None and "unknown" in unknown[1]["note"] and unknown[2] == []
+    v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=5, num_expected=5, within_budget=unknown)
+    assert v["compliant"] and v["within_budget"] is None and "time budget unknown" in compliance.summarize(v)
+    slow = compliance.time_budget(601.0, 590.0, "8×H100")
+    assert slow[0] is False and "evaluation took 601 s" in slow[2][0]
+    v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=5, num_expected=5, within_budget=slow)
+    assert not v["compliant"] and v["within_budget"] is False and v["reasons"] == slow[2]
+    late = compliance.time_budget(100.0, 612.0, "8×H100")  # GPTQ calibration after the cap counts as training
+    assert late[0] is False and "training" in late[2][0]
+    assert compliance.time_budget(599.0, 600.0, "8×H100")[0] is True

@@ -70,6 +70,17 @@ def test_token_view_refuses_to_read_past_the_scored_tokens():
         view[0:7]
 
 
+def test_a_lenient_view_serves_the_read_and_logs_where_it_read_ahead():
+    scored = torch.zeros(10, dtype=torch.bool)
+    scored[:4] = True
+    scored[6] = True
+    log = []
+    view = TokenView(torch.arange(10), scored, strict=False, log=log)
+    assert len(view) == 4 and view.take(torch.tensor([1, 6])).tolist() == [1, 6] and log == []
+    assert view[2:8].tolist() == [2, 3, 4, 5, 6, 7]
+    assert log == ["read tokens [2:8] but position 4 is not scored yet"]
+
+
 def test_the_identity_stream_equals_sliding_evaluation(model, tokens):
     ref = evaluate_sliding(
         model, tokens, make_byte_table(VOCAB), seq_len=SEQ, stride=STRIDE, batch_seqs=4, device="cpu"
@@ -130,15 +141,24 @@ class _ReadsAhead(Identity):
 class _PeeksAtTheTarget(Identity):
     """Moves probability to the next input token, which is the target: normalized but not causal."""
 
-    def mix(self, x, log_probs):
-        nxt = torch.roll(x, -1, dims=1)
+    def _peek(self, x, log_probs):
+        nxt = torch.roll(x, -1, dims=-1)
         boost = torch.zeros_like(log_probs).scatter_(-1, nxt[..., None], 2.0)
         return torch.log_softmax(log_probs + boost, dim=-1)
 
+    def score(self, x, y, log_probs, mask):
+        return self._peek(x, log_probs).gather(-1, y[..., None]).squeeze(-1)
+
+    def distribution(self, x_row, j, log_probs_row):
+        return self._peek(x_row[None], log_probs_row.expand(x_row.numel(), -1)[None])[0, j]
+
 
 class _Unnormalized(Identity):
-    def mix(self, x, log_probs):
-        return log_probs + 0.01
+    def score(self, x, y, log_probs, mask):
+        return super().score(x, y, log_probs + 0.01, mask)
+
+    def distribution(self, x_row, j, log_probs_row):
+        return log_probs_row + 0.01
 
 
 def test_the_check_flags_each_broken_rule_with_a_reason(model, tokens):
@@ -149,6 +169,30 @@ def test_the_check_flags_each_broken_rule_with_a_reason(model, tokens):
     assert "changed when only" in peek["reasons"][0] and "position" in peek["reasons"][0]
     unnorm = _check(model, tokens, lambda: (NoTTT(), _Unnormalized()))
     assert unnorm["normalized"] is False and unnorm["causal"] is True and "sums to 1" in unnorm["reasons"][0]
+
+
+class _ScoresOffItsDistribution(Identity):
+    """Normalized distribution, but the scored entry is not the distribution's: caught at sampled positions."""
+
+    def score(self, x, y, log_probs, mask):
+        return super().score(x, y, log_probs, mask) + 0.5
+
+
+def test_the_check_flags_a_score_that_is_not_its_distributions_entry(model, tokens):
+    v = _check(model, tokens, lambda: (NoTTT(), _ScoresOffItsDistribution()))
+    assert v["normalized"] is False and "off its distribution's entry" in v["reasons"][0]
+
+
+def test_freezing_blocks_also_freezes_the_cores_they_run():
+    """#537 freezes blocks 0-1; with 10 shared cores, cores 0-1 (and so layer 10's core) stay fixed too."""
+    c = to_container(compose(["experiment=pr537"]))
+    m = build_model(c["arch"])
+    ttt = ScoreFirstTTT(freeze_blocks=2)
+    ttt.begin(m)
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert sum(p.numel() for p in m.parameters() if not p.requires_grad) == 4_722_704  # the record's log
+    assert any(n.startswith("cores.0.") for n in frozen) and not any(n.startswith("cores.2.") for n in frozen)
+    assert "blocks.10.attn_scale" not in frozen
 
 
 def test_score_first_ttt_refuses_bad_settings():

@@ -106,7 +106,7 @@ def test_smoke_run_writes_the_results_contract(smoke_run):
     assert r["eval"]["on"] == "artifact_round_trip" and r["eval"]["num_bytes"] > 0
     # nothing adapts here, so the verdict rests on the count: a single pass over the official range
     assert r["eval"]["num_tokens"] == (r["num_val_tokens"] - 1) // 128 * 128
-    assert r["compliance"]["compliant"] is True and r["compliance"]["violations"] == []
+    assert r["compliance"]["compliant"] is True and r["compliance"]["reasons"] == []
     # a trained model is worse than the source's entropy floor but far better than uniform
     assert (
         r["entropy_floor_bpb"]

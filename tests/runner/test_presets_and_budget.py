@@ -94,7 +94,7 @@ def test_validation_selected_averaging_is_recorded_and_labelled_non_compliant(tm
     assert r["pre_averaging_val_bpb"] == pytest.approx(a["candidates_val_bpb"]["raw"])
     assert r["pre_quant_val_bpb"] == pytest.approx(a["candidates_val_bpb"][a["chosen"]])
     assert r["compliance"]["compliant"] is False
-    assert any("best_on_validation" in v for v in r["compliance"]["violations"])
+    assert any("best_on_validation" in v for v in r["compliance"]["reasons"])
 
 
 @pytest.mark.slow
