@@ -27,6 +27,8 @@ from omegaconf import MISSING
 
 from paramgolf.data.dataset import FineWebData, SyntheticData
 from paramgolf.evaluation.eval_cache import NoEvalCache
+from paramgolf.evaluation.lora_doc import LoRADocPublished, LoRADocTTT
+from paramgolf.evaluation.ngram import NGramCache, NGramTargetHashed
 from paramgolf.evaluation.score_first import ScoreFirstTTT
 from paramgolf.evaluation.slot import SlotCausal, SlotPublished
 from paramgolf.evaluation.ttt import NoTTT
@@ -172,8 +174,12 @@ class QuantConfig:
 NoTTTConfig = component(NoTTT)
 ScoreFirstTTTConfig = component(ScoreFirstTTT)
 SlotCausalConfig = component(SlotCausal)
+LoRADocTTTConfig = component(LoRADocTTT)
+LoRADocPublishedConfig = component(LoRADocPublished)
 SlotPublishedConfig = component(SlotPublished)
 NoEvalCacheConfig = component(NoEvalCache)
+NGramCacheConfig = component(NGramCache)
+NGramTargetHashedConfig = component(NGramTargetHashed)
 NonOverlappingEvalConfig = component(NonOverlapping)
 SlidingEvalConfig = component(Sliding)
 
@@ -282,8 +288,14 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
         ("score_first_schema", ScoreFirstTTTConfig),
         ("slot_causal_schema", SlotCausalConfig),
         ("slot_published_schema", SlotPublishedConfig),
+        ("lora_doc_schema", LoRADocTTTConfig),
+        ("lora_doc_published_schema", LoRADocPublishedConfig),
     ],
-    "eval_cache": [("none_schema", NoEvalCacheConfig)],
+    "eval_cache": [
+        ("none_schema", NoEvalCacheConfig),
+        ("ngram_schema", NGramCacheConfig),
+        ("ngram_target_hashed_schema", NGramTargetHashedConfig),
+    ],
     "eval": [("non_overlapping_schema", NonOverlappingEvalConfig), ("sliding_schema", SlidingEvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
     "train": [("train_schema", TrainConfig)],

@@ -27,10 +27,12 @@ NORM_TOLERANCE = 1e-6
 NUM_SAMPLES = 32  # positions (besides the probes) where the full distribution is tested
 
 
-def probe_positions(num_tokens: int, seq_len: int, chunk_tokens: int) -> list[int]:
+def probe_positions(num_tokens: int, seq_len: int, chunk_tokens: int, boundaries: tuple[int, ...] = ()) -> list[int]:
     """Positions t after which the probe streams differ: inside the first window, just before a chunk
-    boundary, and in the middle of a later chunk."""
+    boundary, in the middle of a later chunk, and just before the first few document `boundaries` (BOS
+    positions: a method that sizes a document's last chunk by where the next BOS is fails there)."""
     candidates = [seq_len // 2, chunk_tokens - 1, chunk_tokens, 2 * chunk_tokens - 2, num_tokens // 2 + 3]
+    candidates += [p - 2 for p in boundaries[:3]]
     return sorted({t for t in candidates if 1 <= t < num_tokens - 2})
 
 
@@ -46,8 +48,11 @@ def check_legality(
     batch_seqs: int = 8,
     vocab_size: int,
     seed: int = 0,
+    boundary_token: int | None = None,
 ) -> dict[str, Any]:
     """The verdict {causal, normalized, score_first, single_pass, reasons} for the methods `make_methods()` builds.
+
+    `boundary_token`: the documents' BOS id when a method splits documents (probes also just before them).
 
     `model` is copied (float64, CPU) for every probe run, so TTT starts from the same weights each time.
     """
@@ -55,7 +60,8 @@ def check_legality(
     byte_table = byte_table.to(torch.device("cpu"))
     reasons: list[str] = []
     n = tokens.numel()
-    positions = probe_positions(n, seq_len, chunk_tokens)
+    bounds = tuple((tokens == boundary_token).nonzero().flatten().tolist()) if boundary_token is not None else ()
+    positions = probe_positions(n, seq_len, chunk_tokens, tuple(p for p in bounds if p > 2))
 
     def stream(toks: Tensor, samples: tuple[int, ...]):
         ttt, cache = make_methods()

@@ -238,8 +238,15 @@ def _same_method_pre_quant(
         f"the source run's pre_quant_val_bpb was scored with {_scoring(res.averaging.pre_quant_eval)}, "
         f"this round trip with {_scoring(res.score.eval)}"
     )
-    if not weights.is_file() or not plan.scoring.evaluator.pre_quant:
-        reason = f"{weights} is missing" if not weights.is_file() else "eval.pre_quant=false"
+    adaptive = res.score.eval.get("ttt", "none") != "none" or res.score.eval.get("eval_cache", "none") != "none"
+    if not weights.is_file() or not plan.scoring.evaluator.pre_quant or adaptive:
+        reason = (
+            f"{weights} is missing"
+            if not weights.is_file()
+            else "eval.pre_quant=false"
+            if not plan.scoring.evaluator.pre_quant
+            else "an evaluation-time method adapts on what it scores"
+        )
         out.say(f"round_trip_gap_bpb not reported: {why}; {reason}, so the kept weights cannot be scored the same way")
         return
     with out.stage("pre_quant"):
@@ -253,5 +260,5 @@ def _same_method_pre_quant(
         res.score.round_trip_gap_bpb = S.round_trip_gap(res.score.val_bpb, scored, r.val_bpb, S.scored_as(r))
         out.say(
             f"{why}: scored the kept weights ({weights.name}) the same way: pre-quant val_loss:{r.val_loss:.4f} "
-            f"val_bpb:{r.val_bpb:.4f}, round-trip gap {res.score.round_trip_gap_bpb:+.4f}"
+            f"val_bpb:{r.val_bpb:.4f}, round-trip gap {res.score.round_trip_gap_bpb or float('nan'):+.4f}"
         )

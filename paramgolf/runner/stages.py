@@ -231,7 +231,8 @@ class Scorer:
         self._bind(ttt)
         n = min(ev.probe_tokens, self.val.tokens.numel() - 1)
         seq = max(8, min(ev.seq_len, n // 8))
-        pristine = copy.deepcopy((ttt, eval_cache))
+        probe_ttt = ttt.for_probe(seq) if hasattr(ttt, "for_probe") else ttt  # a probe-sized copy (LoRA TTT)
+        pristine = copy.deepcopy((probe_ttt, eval_cache))
         started = time.perf_counter()
         verdict = check_legality(
             model,
@@ -242,6 +243,7 @@ class Scorer:
             stride=max(1, min(ev.stride or seq, seq // 2)),
             chunk_tokens=max(seq, n // 4),
             vocab_size=int(self.val.byte_table.base_bytes.numel()),
+            boundary_token=getattr(ttt, "bos_id", None),
         )
         return {**verdict, "time_s": time.perf_counter() - started}  # an audit: not part of eval_time_s
 

@@ -406,3 +406,25 @@ def test_score_first_ttt_runs_in_the_score_stage_and_passes_the_mechanical_check
     assert checked == {"causal": True, "normalized": True, "score_first": True, "single_pass": True, "reasons": []}
     assert r["compliance"]["compliant"] is True and math.isfinite(r["val_bpb"])
     assert r["round_trip_gap_bpb"] is None  # pre-quant was scored without TTT: no mixed-method gap
+
+
+def test_a_published_method_still_runs_and_its_verdict_follows_the_number(smoke_run, tmp_path, cache):
+    """slot_published on a trained artifact: scored, flagged by the check, and said so in results and summary."""
+    out = tmp_path / "slot"
+    proc = subprocess.run(
+        [sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "eval=sliding", "eval.stride=64"]
+        + ["eval.progress=false", "ttt=slot_published", "ttt.steps=2", "--out", str(out)],
+        check=True,
+        env=_env(tmp_path, cache),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    r = json.loads((out / "results.json").read_text())
+    c = r["compliance"]
+    assert r["eval"]["ttt"] == "slot_published" and math.isfinite(r["val_bpb"])
+    assert c["verdict"] == "non-compliant" and c["causal"] is False and c["score_first"] is False
+    assert c["normalized"] is True and c["single_pass"] is True and c["within_budget"] is None  # CPU: unknown
+    assert any("position" in reason for reason in c["reasons"])
+    assert "NON-COMPLIANT (causal, score_first)" in proc.stderr and "score_first: " in proc.stderr
