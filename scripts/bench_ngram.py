@@ -1,6 +1,7 @@
 """Throughput and memory of the n-gram backoff eval cache (`paramgolf.evaluation.ngram.NGramCache`) on CPU.
 
     python scripts/bench_ngram.py [--tokens 2100000] [--chunk 32768] [--reference-tokens 100000]
+                                  [--baseline OLD_NGRAM_PY] [--repeats 2]
 
 Data: the English Wikipedia sample in ../shared/data/corpus tokenized with the FineWeb sp1024
 SentencePiece model (about 1.4M tokens). Beyond that, the same articles tokenized with the
@@ -12,12 +13,16 @@ What is timed (single process, `torch.set_num_threads(1)`): for every chunk of `
 in stream order, (1) scoring every token of the chunk against the tables built from earlier
 chunks: `NGramCache.score_with_alpha` on windows of 1,024 targets (each preceded by 8 context
 tokens), i.e. the backoff choice, the counts, p_ng and the log-space mixture with the model;
-then (2) `update` with the chunk. The model side of `score` is given, not timed: a fixed
+then (2) `update` with the chunk (its `TokenView` is made before the clock starts: the stream's
+view exists already, and building a fresh boolean mask over the whole stream is the harness's cost). The model side of `score` is given, not timed: a fixed
 log-probability of each target and a fixed α per position (what `NGramCache.alpha` computes from
 the model's log-softmax, O(V) per position and a GPU's job in real runs). That part's CPU
 throughput is printed separately (`alpha_tokens_per_s`, on one chunk of float64 [32768, 1024]).
 bytes_per_cached_token = (sum of nbytes of every array the cache holds) / (tokens added).
 The pure-Python dict reference (tests/evaluation/test_ngram.py) runs on a prefix for comparison.
+`--baseline FILE`: also time the `NGramCache` of another ngram.py (e.g. a previous version kept
+outside the repo), alternating with the current one `--repeats` times in this process, so that
+both see the same load on a shared machine; every run is printed, then the usual summary.
 """
 
 from __future__ import annotations
@@ -79,8 +84,8 @@ def windows(tokens: Tensor, first: int, end: int, width: int = 1024):
     return x, y, mask
 
 
-def run_cache(tokens: Tensor, chunk: int) -> dict:
-    cache = NGramCache(chunk_tokens=chunk)
+def run_cache(tokens: Tensor, chunk: int, cache_cls=NGramCache) -> dict:
+    cache = cache_cls(chunk_tokens=chunk)
     cache.begin(V)
     n = tokens.numel()
     count = -(-(n - 1) // chunk)
@@ -91,12 +96,13 @@ def run_cache(tokens: Tensor, chunk: int) -> dict:
         x, y, mask = windows(tokens, first, end)
         model_lp = torch.full(x.shape, -np.log(V), dtype=torch.float64)
         alpha = torch.full((int(mask.sum()),), 0.5, dtype=torch.float64)
+        seen = TokenView(tokens, end)  # the stream's view exists already: its set-up is not the cache's time
         t0 = time.perf_counter()
         out = cache.score_with_alpha(x, y, model_lp, alpha, mask)
         scored += int(mask.sum())
         t1 = time.perf_counter()
         if c < count - 1:  # the stream never updates on the last chunk
-            cache.update(TokenView(tokens, end), Chunk(c, count, first, end))
+            cache.update(seen, Chunk(c, count, first, end))
         update_s += time.perf_counter() - t1
         score_s += t1 - t0
     assert torch.isfinite(out).all()
@@ -142,6 +148,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2_100_000)
     ap.add_argument("--chunk", type=int, default=32_768)
     ap.add_argument("--reference-tokens", type=int, default=100_000)
+    ap.add_argument("--baseline", type=Path, default=None, help="an ngram.py whose NGramCache to time alongside")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of baseline and current (--baseline)")
     args = ap.parse_args()
     if not (SHARED / "corpus" / "enwiki_sample.jsonl").is_file():
         print(f"bench_ngram: {SHARED} not found (the enwiki sample and tokenizers); nothing measured")
@@ -149,6 +157,15 @@ def main() -> None:
     torch.set_num_threads(1)
     tokens, source = load_tokens(args.tokens)
     tokens_t = torch.from_numpy(tokens)
+    if args.baseline is not None:
+        spec = importlib.util.spec_from_file_location("ngram_baseline", args.baseline)
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
+        for rep in range(args.repeats):
+            for name, cls in (("baseline", baseline.NGramCache), ("current", NGramCache)):
+                r = run_cache(tokens_t, args.chunk, cls)
+                keys = ("tokens_per_s", "score_s", "update_s", "bytes_per_cached_token")
+                print(json.dumps({"run": f"{name} {rep + 1}"} | {k: round(r[k], 3) for k in keys}), flush=True)
     res = run_cache(tokens_t, args.chunk)
     res["alpha_tokens_per_s"] = run_alpha(args.chunk)
     res["reference_tokens_per_s"] = run_reference(tokens_t, args.chunk, args.reference_tokens)

@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=None)
     ap.add_argument("--methods", nargs="*", default=None, help="ttt+eval_cache pairs, e.g. score_first+ngram")
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     methods = [tuple((m + "+none").split("+")[:2]) for m in args.methods] if args.methods else METHODS
     rows = []
     print("| ttt | eval_cache | val_bpb | eval s | peak RSS MB | verdict (rules failed) |")

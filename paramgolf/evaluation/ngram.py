@@ -12,14 +12,18 @@ with H the entropy (nats) of the model's own distribution there. No order matche
 
 Storage (the seed used nested Python dicts, ~1.9 KB and ~37 µs per token): per k-gram length
 k = 2..9 one `_GramTable` gives every distinct k-gram a dense int id. Its exact key is
-(id of its (k-1)-gram prefix, last token) (a 1-gram's id is the token), so keys never collide
-and fit int64 for any stream. By id the table keeps prefix (int32), last token (uint16) and
-count (int32); a bucketed hash index (8 slots of uint32 ids + 8 one-byte fingerprints per
-bucket, load ≤ 0.8, doubled when full) maps a key to its id. Inserts and lookups are vectorized
-over a whole chunk (numpy only): one fingerprint word per bucket is compared bytewise, keys are
-compared only where a fingerprint matches, full buckets spill into the next. total(ctx) of an
-m-gram is its count minus its occurrences with no counted follower (at the very end of an
-update slice): one per slice and order, kept in a small side map. `NGramTargetHashed` is the
+prefix · V + last (prefix = id of its (k-1)-gram prefix, a 1-gram's id is the token), so keys
+never collide. By id the table keeps the key (uint32 while keys fit, then int64) and the count
+(int32); a bucketed hash index (8 slots of uint32 ids + 8 one-byte fingerprints per bucket) maps
+a key to its id. Inserts and lookups are vectorized over a whole chunk (numpy only): one
+fingerprint word per bucket is compared bytewise, keys are compared only where a fingerprint
+matches, full buckets spill into the next. The first update sizes every index for the most grams
+the stream can bring (one per token to be added, V^k at most; load ≤ 0.8), so a stream never
+regrows it; without that bound the index grows ×4 by splitting buckets. Bigrams of a vocabulary
+with V² ≤ 2^20 sit in a dense V² map of ids instead. total(ctx) of an m-gram is its count minus
+its occurrences with no counted follower (at the very end of an update slice): one per slice and
+order, kept in a small side map. Scoring computes the gram ids of every needed window position
+once (the n-gram of a context and its target is in the same chain). `NGramTargetHashed` is the
 closed hashed-cache pattern, for contrast. Throughput and memory: scripts/bench_ngram.py.
 """
 
@@ -42,6 +46,10 @@ _MAX_LOAD = 0.8
 _ONES = np.uint64(0x0101010101010101)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _HIGH = np.uint64(0x8080808080808080)
+_U1, _U24, _U32, _U56, _U255 = np.uint64(1), np.uint64(24), np.uint64(32), np.uint64(56), np.uint64(255)
+_GROWTH = 4  # the index grows ×4
+_DENSE_BIGRAMS = 1 << 20  # bigrams get a dense V² map of ids when V² is at most this (4 MB)
+_END_MARKS = 4096  # bitmap size of the end-correction prefilter (a power of 2)
 assert sys.byteorder == "little", "the fingerprint words are read byte by byte"
 
 
@@ -75,55 +83,94 @@ def _zero_bytes(x: np.ndarray) -> np.ndarray:
 class _GramTable:
     """The distinct k-grams of one length k, each with a dense int id (its insertion rank).
 
-    A k-gram's exact key is (prefix, last) = (id of its (k-1)-gram prefix, its last token); by id
-    the table keeps `prefix` (int32), `last` (uint16, int32 for vocabularies over 65,536) and
-    `counts` (int32). The index is a bucketed hash: h = key · 2^64/φ picks bucket h's top bits,
-    whose 8 slots hold id + 1 (uint32, 0 = empty) and an 8-bit fingerprint of h, so a lookup reads
-    one row, and compares keys only where the fingerprint matches. A full bucket spills into the
-    next; a lookup goes on while buckets are full. Buckets double when the load passes 0.8.
+    A k-gram's exact key is prefix · V + last (prefix = id of its (k-1)-gram prefix, last = its last
+    token); by id the table keeps `keys` (uint32 while every key fits, int64 from the first that does
+    not) and `counts` (int32). The index is a bucketed hash: h = key · 2^64/φ picks bucket
+    ⌊h · buckets / 2^64⌋ (any number of buckets), whose 8 slots hold id + 1 (uint32, 0 = empty) and
+    an 8-bit fingerprint of h, so a lookup reads one row and compares keys only where the fingerprint
+    matches. A full bucket spills into the next; a lookup goes on while buckets are full. `presize`
+    sizes an empty index for a known bound; past load 0.8 it grows ×4: bucket b's keys move to
+    buckets 4b..4b+3, so a growth moves rows and never sorts.
     """
 
     def __init__(self, vocab_size: int) -> None:
         self.V = vocab_size
         self.size = 0
-        self.prefix = np.zeros(16, np.int32)
-        self.last = np.zeros(16, np.uint16 if vocab_size <= 1 << 16 else np.int32)
+        self.keys = np.zeros(16, np.uint32)
         self.counts = np.zeros(16, np.int32)
-        self.bits = 3
-        self.slots = np.zeros(_WAYS << self.bits, np.uint32)
-        self.fps = np.zeros(1 << self.bits, np.uint64)
+        self.limit = None  # the most grams the stream can bring (presize), if known
+        self._alloc(8)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.prefix, self.last, self.counts, self.slots, self.fps))
+        return sum(a.nbytes for a in (self.keys, self.counts, self.slots, self.fps))
 
-    def _hash(self, prefix: np.ndarray, last: np.ndarray) -> np.ndarray:
-        return (prefix.astype(np.int64) * self.V + last).view(np.uint64) * _GOLDEN
+    def _alloc(self, buckets: int) -> None:
+        """An empty index of `buckets` buckets (any number: h's top 32 bits are scaled to it)."""
+        self.buckets = buckets
+        self.slots = np.zeros(_WAYS * buckets, np.uint32)
+        self.fps = np.zeros(buckets, np.uint64)
+
+    def _full(self) -> bool:
+        return self.size > _MAX_LOAD * _WAYS * self.buckets
+
+    def key(self, prefix: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """The exact int64 keys of the k-grams (prefix id, last token)."""
+        return prefix.astype(np.int64) * self.V + last
 
     def _bucket_fp(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bucket (top bits of h) and fingerprint in 1..255 (bits 24..31; 0 marks an empty slot)."""
-        fp = ((h >> np.uint64(24)) & np.uint64(255)) % np.uint64(255) + np.uint64(1)
-        return (h >> np.uint64(64 - self.bits)).astype(np.intp), fp
+        """Bucket ⌊h · buckets / 2^64⌋ (from h's top 32 bits: monotone in h) and fingerprint in 1..255.
+
+        The fingerprint is bits 24..31 of h, 0 raised to 1 (0 marks an empty slot).
+        """
+        bucket = (((h >> _U32) * np.uint64(self.buckets)) >> _U32).astype(np.intp)
+        return bucket, np.maximum((h >> _U24) & _U255, _U1)
 
     def lookup(self, prefix: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Ids of the keys (prefix[i], last[i]); -1 where absent."""
-        ids = np.full(prefix.size, -1, np.int64)
-        if not prefix.size:
-            return ids
-        bucket, fp = self._bucket_fp(self._hash(prefix, last))
-        todo, nb = np.arange(prefix.size), 1 << self.bits
+        return self.find(self.key(prefix, last))
+
+    def find(self, key: np.ndarray) -> np.ndarray:
+        """Ids of the int64 keys; -1 where absent.
+
+        One full-width pass settles nearly every key (its first fingerprint match is it, or no
+        match in a bucket that is not full); the rest (fingerprint collisions, spills) go round
+        the general loop.
+        """
+        key = np.ascontiguousarray(key, np.int64)
+        if not key.size or not self.size:
+            return np.full(key.size, -1, np.int64)
+        h = key.view(np.uint64) * _GOLDEN
+        bucket, fp = self._bucket_fp(h)
+        row = self.fps[bucket]
+        match = _zero_bytes(row ^ (fp * _ONES))  # 0x80 in each byte whose fingerprint equals ours
+        low = match & (~match + _U1)  # the first match: 0x80 << 8·way (0: none)
+        way = (np.bitwise_count(low - _U1) >> np.uint8(3)) & np.uint8(_WAYS - 1)
+        cand = self.slots[bucket * _WAYS + way].astype(np.int64) - 1
+        hit = (self.keys[cand] == key) & (match != 0)
+        ids = np.where(hit, cand, -1)
+        rest = np.flatnonzero(~hit & (((match ^ low) != 0) | ((row >> _U56) != 0)))
+        if rest.size:
+            ids[rest] = self._find_slow(key[rest], h[rest])
+        return ids
+
+    def _find_slow(self, key: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """`find` for any keys: every fingerprint match in the bucket, then on while the bucket is full."""
+        ids = np.full(key.size, -1, np.int64)
+        bucket, fp = self._bucket_fp(h)
+        todo, nb = np.arange(key.size), self.buckets
         while todo.size:
-            row = self.fps[bucket]  # the bucket's 8 fingerprints as one uint64
-            match = _zero_bytes(row ^ (fp * _ONES))  # 0x80 in each byte whose fingerprint equals ours
-            spill = (row >> np.uint64(56)) != 0  # the last slot is taken: the key may have spilled on
+            row = self.fps[bucket]
+            match = _zero_bytes(row ^ (fp * _ONES))
+            spill = (row >> _U56) != 0  # the last slot is taken: the key may have spilled on
             live = np.flatnonzero(match)
             while live.size:  # the matching slots, lowest first (usually one)
                 m = match[live]
-                low = m & (~m + np.uint64(1))
-                way = (np.log2(low.astype(np.float64)).astype(np.intp)) >> 3
+                low = m & (~m + _U1)
+                way = (np.bitwise_count(low - _U1) >> np.uint8(3)).astype(np.intp)
                 cand = self.slots[bucket[live] * _WAYS + way].astype(np.int64) - 1
                 q = todo[live]
-                same = (self.prefix[cand] == prefix[q]) & (self.last[cand] == last[q])
+                same = self.keys[cand] == key[q]
                 ids[q[same]] = cand[same]
                 match[live] = m ^ low
                 live = live[~same & (match[live] != 0)]
@@ -141,59 +188,158 @@ class _GramTable:
 
         `new_from`: prefix ids ≥ it were created by this update, so their keys cannot be here yet.
         """
-        ids = np.full(prefix.size, -1, np.int64)
-        old = slice(None) if new_from is None else prefix < new_from
-        ids[old] = self.lookup(prefix[old], last[old])
+        return self.add_keys(self.key(prefix, last), None if new_from is None else prefix >= new_from)
+
+    def add_keys(self, key: np.ndarray, absent: np.ndarray | None = None) -> np.ndarray:
+        """`add` for int64 keys; `absent`: a mask of keys known not to be in the table (not looked up)."""
+        key = np.ascontiguousarray(key, np.int64)
+        if absent is None:
+            ids = self.find(key)
+        else:
+            ids = np.full(key.size, -1, np.int64)
+            old = np.flatnonzero(~absent)
+            ids[old] = self.find(key[old])
         miss = np.flatnonzero(ids < 0)
         if miss.size:
-            h, inverse = _unique(self._hash(prefix[miss], last[miss]))  # h: sorted, so by bucket
-            key = (h * _GOLDEN_INV).view(np.int64)  # h is a bijection of the key
-            new = self.size + np.arange(h.size)
-            self._reserve(self.size + h.size)
-            self.prefix[new], self.last[new] = key // self.V, key % self.V
+            h, inverse = _unique(key[miss].view(np.uint64) * _GOLDEN)  # h: sorted, so by bucket
+            keys = (h * _GOLDEN_INV).view(np.int64)  # h is a bijection of the key
+            start = self.size
+            new = start + np.arange(h.size)
+            self._reserve(start + h.size, int(keys.max()))
+            self.keys[start : start + h.size] = keys
             self.size += h.size
-            if self.size > _MAX_LOAD * _WAYS * (1 << self.bits):
-                self._rehash()
+            if self._full():
+                self._grow(start)
             else:
                 self._place(new, h)
             ids[miss] = new[inverse]
         np.add.at(self.counts, ids, np.int32(1))
         return ids
 
-    def _reserve(self, need: int) -> None:
+    def _reserve(self, need: int, max_key: int) -> None:
+        if max_key >= 1 << 32 and self.keys.dtype == np.uint32:
+            self.keys = self.keys.astype(np.int64)
         if need > self.counts.size:
             cap = max(need, int(self.counts.size * 1.25))
+            if self.limit is not None:  # no room beyond the most the stream can bring
+                cap = max(need, min(cap, self.limit))
             grow = lambda a: np.concatenate([a[: self.size], np.zeros(cap - self.size, a.dtype)])  # noqa: E731
-            self.prefix, self.last, self.counts = grow(self.prefix), grow(self.last), grow(self.counts)
+            self.keys, self.counts = grow(self.keys), grow(self.counts)
+
+    def presize(self, grams: int) -> None:
+        """Size the empty index for `grams` keys at most: no growth on the way there."""
+        assert self.size == 0, "presize an empty table"
+        self.limit = grams
+        self._alloc(max(self.buckets, -(-grams // int(_MAX_LOAD * _WAYS))))
+
+    def _hash_ids(self, ids: np.ndarray) -> np.ndarray:
+        return self.keys[ids].astype(np.uint64) * _GOLDEN
 
     def _place(self, ids: np.ndarray, h: np.ndarray) -> None:
         """Put absent, distinct keys (ids, hashes h sorted by bucket, or nearly) in the first free slots."""
         bucket, fp = self._bucket_fp(h)
-        nb = 1 << self.bits
+        nb = self.buckets
         while ids.size:
-            if (bucket[1:] < bucket[:-1]).any():  # sorted already but for spills past the last bucket (and rehash)
+            if (bucket[1:] < bucket[:-1]).any():  # sorted already but for spills past the last bucket (and growth)
                 order = np.sort((bucket.astype(np.int64) << 32) | np.arange(bucket.size)) & 0xFFFFFFFF
                 ids, bucket, fp = ids[order], bucket[order], fp[order]
             ar = np.arange(bucket.size)
             rank = ar - np.maximum.accumulate(np.where(np.r_[True, bucket[1:] != bucket[:-1]], ar, 0))
             slot = np.bitwise_count(_nonzero_bytes(self.fps[bucket])).astype(np.intp) + rank  # slots fill in order
-            fits = slot < _WAYS
+            spill = slot >= _WAYS
+            if not spill.any():  # the usual case: every key fits in its bucket
+                at = bucket * _WAYS + slot
+                self.slots[at] = ids + 1
+                self.fps.view(np.uint8)[at] = fp  # byte `slot` of the bucket's word (little-endian)
+                return
+            fits = ~spill
             at = bucket[fits] * _WAYS + slot[fits]
             self.slots[at] = ids[fits] + 1
-            self.fps.view(np.uint8)[at] = fp[fits]  # byte `slot` of the bucket's word (little-endian)
-            ids, bucket, fp = ids[~fits], (bucket[~fits] + 1) % nb, fp[~fits]
+            self.fps.view(np.uint8)[at] = fp[fits]
+            ids, bucket, fp = ids[spill], (bucket[spill] + 1) % nb, fp[spill]
 
-    def _rehash(self) -> None:
-        while self.size > _MAX_LOAD * _WAYS * (1 << self.bits):
-            self.bits += 1
-        old = self.slots
-        ids = old[old != 0].astype(np.int64) - 1  # in bucket order: nearly sorted by the new buckets too
-        self.slots = np.zeros(_WAYS << self.bits, np.uint32)
-        self.fps = np.zeros(1 << self.bits, np.uint64)
-        placed = np.zeros(self.size, bool)
-        placed[ids] = True
-        ids = np.concatenate([ids, np.flatnonzero(~placed)])  # plus the ones just added
-        self._place(ids, self._hash(self.prefix[ids], self.last[ids]))
+    def _grow(self, fresh: int) -> None:
+        """Enlarge the index past the load limit; ids ≥ `fresh` are not in it yet.
+
+        By ×4 (or more at once) so that there are few growths. The keys in their own bucket b
+        move to buckets b·4 .. b·4+3 (the next bits of h), way by way: at most 8 per new bucket and
+        one per old row at a time, so they need neither search nor sort. The spilled ones and the
+        fresh ones are then placed as usual.
+        """
+        nb_old, old_slots, old_fps = self.buckets, self.slots, self.fps
+        factor = _GROWTH
+        while self.size > _MAX_LOAD * _WAYS * nb_old * factor:
+            factor *= _GROWTH
+        self._alloc(nb_old * factor)
+        if factor > _GROWTH or fresh < nb_old:  # a small index grown a lot: place everything afresh
+            ids = np.arange(self.size)
+            self._place(ids, self._hash_ids(ids))
+            return
+        ids = old_slots.reshape(nb_old, _WAYS).astype(np.int64) - 1  # -1: empty
+        bucket = self._bucket_fp(self._hash_ids(ids))[0]
+        home = (bucket // factor == np.arange(nb_old)[:, None]) & (ids >= 0)
+        fill = np.zeros(self.buckets, np.intp)  # keys moved into each new bucket so far
+        fp_bytes, new_fp_bytes = old_fps.view(np.uint8).reshape(nb_old, _WAYS), self.fps.view(np.uint8)
+        for way in range(_WAYS):  # one slot per old row: the rows' new buckets are distinct
+            rows = np.flatnonzero(home[:, way])
+            b = bucket[rows, way]
+            to = b * _WAYS + fill[b]
+            self.slots[to] = ids[rows, way] + 1
+            new_fp_bytes[to] = fp_bytes[rows, way]
+            fill[b] += 1
+        rest = np.concatenate([ids[~home & (ids >= 0)], np.arange(fresh, self.size)])
+        self._place(rest, self._hash_ids(rest))
+
+
+class _DenseGramTable(_GramTable):
+    """Bigrams over a small vocabulary (V² ≤ 2^20): a key t1·V + t2 indexes a V² map of ids (int32, -1 absent).
+
+    No hashing and no keys by id: a lookup is one read; new bigrams get their ids by writing
+    their positions into the map and reading back which one stayed (no sort).
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        self.V = vocab_size
+        self.size = 0
+        self.limit = None
+        self.map = np.full(vocab_size * vocab_size, -1, np.int32)
+        self.keys = np.zeros(0, np.uint32)
+        self.counts = np.zeros(16, np.int32)
+        self._alloc(0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.map.nbytes + self.counts.nbytes
+
+    def _full(self) -> bool:
+        return False
+
+    def find(self, key: np.ndarray) -> np.ndarray:
+        return self.map[key].astype(np.int64)
+
+    def add_keys(self, key: np.ndarray, absent: np.ndarray | None = None) -> np.ndarray:
+        ids = self.find(key)
+        miss = np.flatnonzero(ids < 0)
+        if miss.size:
+            mkey = key[miss]
+            self.map[mkey] = np.arange(mkey.size)  # one writer per new bigram stays
+            first = np.flatnonzero(self.map[mkey] == np.arange(mkey.size))
+            self._reserve(self.size + first.size, 0)
+            self.map[mkey[first]] = self.size + np.arange(first.size)
+            self.size += first.size
+            ids[miss] = self.map[mkey]
+        np.add.at(self.counts, ids, np.int32(1))
+        return ids
+
+    def _reserve(self, need: int, max_key: int) -> None:
+        if need > self.counts.size:
+            cap = max(need, int(self.counts.size * 1.25))
+            if self.limit is not None:
+                cap = max(need, min(cap, self.limit))
+            self.counts = np.concatenate([self.counts[: self.size], np.zeros(cap - self.size, np.int32)])
+
+    def presize(self, grams: int) -> None:
+        self.limit = grams
 
 
 class NGramCache(Identity):
@@ -254,15 +400,17 @@ class NGramCache(Identity):
         self._counted_end = 0  # the stream position after the last counted slice
         self._count1 = np.zeros(self.vocab_size, np.int64)  # 1-gram occurrences; a 1-gram's id is its token
         self._tables = {k: _GramTable(self.vocab_size) for k in range(2, self.max_order + 1)}
+        if self.vocab_size**2 <= _DENSE_BIGRAMS:
+            self._tables[2] = _DenseGramTable(self.vocab_size)
         # per context length m: {id: occurrences with no counted follower}, and the same as sorted arrays
         self._ends: dict[int, dict[int, int]] = {m: {} for m in range(1, self.max_order)}
-        self._end_arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._end_arrays: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # ids, counts, marks
 
     @property
     def nbytes(self) -> int:
         """Bytes of every array the cache holds (tables, indexes, 1-gram counts, end corrections)."""
         total = self._count1.nbytes + sum(t.nbytes for t in self._tables.values())
-        return total + sum(a.nbytes + b.nbytes for a, b in self._end_arrays.values())
+        return total + sum(a.nbytes for arrays in self._end_arrays.values() for a in arrays)
 
     def _require_begun(self) -> int:
         if self.vocab_size is None:
@@ -285,6 +433,10 @@ class NGramCache(Identity):
         lo = max(0, start - (self.max_order - 1)) if self.cross_chunk else start
         if self.cross_chunk and start != self._counted_end:
             raise RuntimeError(f"cross_chunk update of [{start}:{stop}) after [0:{self._counted_end}): not contiguous")
+        if self.tokens_added == 0:  # every order holds at most one gram per token the stream will add
+            expected = (chunk.count - 1 - chunk.index) * self.chunk_tokens
+            for k, table in self._tables.items():
+                table.presize(min(expected, V**k))
         tokens = seen[lo:stop].to("cpu", torch.int64).numpy()
         if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
             raise UserError(f"eval_cache={self.name}: token ids must lie in [0, {V}) (the model's vocab_size)")
@@ -306,21 +458,24 @@ class NGramCache(Identity):
             n = L - k + 1
             if n <= 0:
                 break
-            pre, last = prev[:n], t[k - 1 :]
-            old = max(0, fresh - k + 1)  # grams starting before `old` end before `fresh`: counted already
             table = self._tables[k]
+            key = table.key(prev[:n], t[k - 1 :])
+            old = max(0, fresh - k + 1)  # grams starting before `old` end before `fresh`: counted already
             size_before = table.size
-            new = table.add(pre[old:], last[old:], new_from=prefix_size_before)
-            ids = np.concatenate([table.lookup(pre[:old], last[:old]), new])
+            absent = None if prefix_size_before is None else prev[old:n] >= prefix_size_before
+            new = table.add_keys(key[old:], absent)
+            ids = np.concatenate([table.find(key[:old]), new]) if old else new
             assert (ids >= 0).all(), "a gram counted by an earlier update is missing"
             if k < self.max_order:
                 self._note_end(k, int(ids[-1]))
             prev, prefix_size_before = ids, size_before
-        self._end_arrays = {
-            m: (np.array(sorted(e), np.int64), np.array([e[i] for i in sorted(e)], np.int64))
-            for m, e in self._ends.items()
-            if e
-        }
+        self._end_arrays = {}
+        for m, e in self._ends.items():
+            if e:
+                end_ids = np.array(sorted(e), np.int64)
+                marks = np.zeros(_END_MARKS, bool)  # a cheap first test: id mod _END_MARKS is marked
+                marks[end_ids % _END_MARKS] = True
+                self._end_arrays[m] = (end_ids, np.array([e[i] for i in sorted(e)], np.int64), marks)
 
     def _note_end(self, m: int, gram_id: int | None) -> None:
         if gram_id is not None:
@@ -337,50 +492,83 @@ class NGramCache(Identity):
         """total(ctx) for m-gram contexts: occurrences followed by a counted token."""
         tot = self._count_m(m, ids)
         if m in self._end_arrays:
-            end_ids, end_counts = self._end_arrays[m]
-            pos = np.minimum(np.searchsorted(end_ids, ids), end_ids.size - 1)
-            tot = tot - np.where(end_ids[pos] == ids, end_counts[pos], 0)
+            end_ids, end_counts, marks = self._end_arrays[m]
+            maybe = np.flatnonzero(marks[ids & (_END_MARKS - 1)])
+            if maybe.size:
+                i = ids[maybe]
+                pos = np.minimum(np.searchsorted(end_ids, i), end_ids.size - 1)
+                tot[maybe] -= np.where(end_ids[pos] == i, end_counts[pos], 0)
         return tot
-
-    def _extend(self, k: int, prev: np.ndarray, tok: np.ndarray) -> np.ndarray:
-        """Ids of the k-grams (prefix id `prev`, last token `tok`); -1 if never counted."""
-        out = np.full(prev.size, -1, np.int64)
-        ok = prev >= 0
-        out[ok] = self._tables[k].lookup(prev[ok], tok[ok])
-        return out
 
     def _contexts(self, x: np.ndarray, qb: np.ndarray, qj: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(order n, total(ctx), ctx id) of the backoff choice at each query (qb, qj) of windows `x` [B, T].
 
-        The context of order n at j is x[j-n+2 .. j]. Order 0 means no order matched. Gram ids are
-        computed once per start position: the m-gram starting at s extends the (m-1)-gram at s.
+        The context of order n at j is x[j-n+2 .. j]. Order 0 means no order matched.
         """
+        return self._backoff(x, qb, qj)[:3]
+
+    def _backoff(self, x: np.ndarray, qb: np.ndarray, qj: np.ndarray, y: np.ndarray | None = None) -> tuple:
+        """`_contexts`, and with targets `y` [B, T] also count(ctx, y) of each query (0 where no order matched).
+
+        Gram ids are computed once per start position: the m-gram starting at s extends the
+        (m-1)-gram at s. Where the target is the window's next token (y[j] = x[j+1]; the last
+        column's targets are appended to x), the n-gram (ctx, target) starts where the context
+        does: its id is in the same chain. Orders are tried upwards: a context with a counted
+        follower has a suffix with one (the same follower), so the matched orders of a query are
+        min_order..n and a query whose order n fails is done.
+        """
+        if y is not None:
+            yq = y.reshape(-1)[qb * y.shape[1] + qj]  # the targets of the queries
+            x = np.concatenate([x, y[:, -1:]], axis=1)
         B, T = x.shape
-        M = self.max_order - 1  # the longest context
+        top = self.max_order if y is not None else self.max_order - 1  # the longest gram needed
         xf, q = x.reshape(-1), qb * T + qj  # flat positions
-        need = np.zeros(B * T, bool)  # start positions of the grams the contexts need
-        for d in range(M):
-            need[q[qj >= d] - d] = True
+        marked = np.zeros((B, T), bool)
+        marked.reshape(-1)[q] = True
+        need = marked.copy()  # start positions of the grams the contexts need: q - d, d < max_order - 1
+        for d in range(1, min(self.max_order - 1, T)):
+            need[:, :-d] |= marked[:, d:]
         s = np.flatnonzero(need)
-        ss = s % T
+        room = np.broadcast_to(T - np.arange(T), (B, T)).reshape(-1)[s]  # tokens from s to the end of its window
         where = np.full(B * T, -1, np.int64)
         where[s] = np.arange(s.size)
         ids = {1: xf[s]}
-        for m in range(2, M + 1):
-            prev = np.where(ss + m - 1 < T, ids[m - 1], -1)
-            ids[m] = self._extend(m, prev, xf[np.minimum(s + m - 1, B * T - 1)])
-        order = np.zeros(qb.size, np.int64)
-        total = np.zeros(qb.size, np.int64)
-        ctx = np.full(qb.size, -1, np.int64)
-        for n in range(self.max_order, self.min_order - 1, -1):
+        for m in range(2, top + 1):
+            prev, out = ids[m - 1], np.full(s.size, -1, np.int64)
+            ok = np.flatnonzero((prev >= 0) & (room >= m))
+            if ok.size:
+                table = self._tables[m]
+                out[ok] = table.find(table.key(prev[ok], xf[s[ok] + m - 1]))
+            ids[m] = out
+        Q = qb.size
+        order, total = np.zeros(Q, np.int64), np.zeros(Q, np.int64)
+        ctx, pair = np.full(Q, -1, np.int64), np.zeros(Q, np.int64)
+        r = np.flatnonzero(qj >= self.min_order - 2)  # the queries still matching, with room for order n's context
+        for n in range(self.min_order, self.max_order + 1):
             m = n - 1
-            ok = (qj >= m - 1) & (order == 0)
-            cid = np.full(qb.size, -1, np.int64)
-            cid[ok] = ids[m][where[q[ok] - m + 1]]
+            at = where[q[r] - m + 1]  # the start of the context (and of the n-gram)
+            cid = ids[m][at]
+            seen = np.flatnonzero(cid >= 0)
+            r, at, cid = r[seen], at[seen], cid[seen]
             tot = self._totals(m, cid)
-            take = ok & (tot > 0)
-            order[take], total[take], ctx[take] = n, tot[take], cid[take]
-        return order, total, ctx
+            take = np.flatnonzero(tot > 0)
+            r, at = r[take], at[take]
+            order[r], total[r], ctx[r] = n, tot[take], cid[take]
+            if y is not None:
+                gid = ids[n][at]
+                pair[r] = np.where(gid >= 0, self._tables[n].counts[np.maximum(gid, 0)], 0)
+            r = r[qj[r] >= n - 1]
+            if not r.size:
+                break
+        if y is not None:
+            other = np.flatnonzero((order > 0) & (yq != xf[q + 1]))  # targets that do not continue x
+            if other.size:
+                pair[other] = self._pair_counts(order[other], ctx[other], yq[other])
+        return order, total, ctx, pair
+
+    def _choices(self, x: np.ndarray, y: np.ndarray, qb: np.ndarray, qj: np.ndarray) -> tuple:
+        """(order, total(ctx), ctx, count(ctx, target)) at each query of windows x, targets y [B, T]."""
+        return self._backoff(x, qb, qj, y)
 
     def _pair_counts(self, order: np.ndarray, ctx: np.ndarray, v: np.ndarray) -> np.ndarray:
         """count(ctx, v) for each query with a matched order (0 elsewhere)."""
@@ -423,9 +611,9 @@ class NGramCache(Identity):
         qb, qj = np.nonzero(ms)
         if xs.size and (xs.min() < 0 or xs.max() >= V):
             raise UserError(f"eval_cache={self.name}: token ids must lie in [0, {V}) (the model's vocab_size)")
-        order, total, ctx = self._contexts(xs, qb, qj)
+        order, total, _, pair = self._choices(xs, ys, qb, qj)
         hit = order > 0
-        ngram_lp = self._ngram_log_probs(order[hit], total[hit], ctx[hit], ys[qb[hit], qj[hit]])
+        ngram_lp = np.log((pair[hit] + 1.0) / (total[hit] + float(V)))
         out = model_lp.clone()
         dev = model_lp.device
         hb, hj = torch.from_numpy(qb[hit]).to(dev), torch.from_numpy(qj[hit]).to(dev)
@@ -543,6 +731,10 @@ class NGramTargetHashed(NGramCache):
         for i in range(1, m):
             h = self._hash_extend(h, x[qb, np.minimum(s + i, qj)])
         return h
+
+    def _choices(self, x: np.ndarray, y: np.ndarray, qb: np.ndarray, qj: np.ndarray) -> tuple:
+        order, total, ctx = self._contexts(x, qb, qj)
+        return order, total, ctx, self._pair_counts(order, ctx, y[qb, qj])
 
     def _pair_counts(self, order: np.ndarray, ctx: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The (context, v) bucket's count for each query with a matched order."""

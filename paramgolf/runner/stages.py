@@ -231,8 +231,12 @@ class Scorer:
         self._bind(ttt)
         n = min(ev.probe_tokens, self.val.tokens.numel() - 1)
         seq = max(8, min(ev.seq_len, n // 8))
+        chunk = max(seq, n // 4)
         probe_ttt = ttt.for_probe(seq) if hasattr(ttt, "for_probe") else ttt  # a probe-sized copy (LoRA TTT)
         pristine = copy.deepcopy((probe_ttt, eval_cache))
+        for method in pristine:  # the probe's small chunks, for the methods that follow the stream's chunks
+            if hasattr(method, "chunk_tokens") and not hasattr(method, "run"):
+                method.chunk_tokens = chunk
         started = time.perf_counter()
         verdict = check_legality(
             model,
@@ -241,7 +245,7 @@ class Scorer:
             lambda: copy.deepcopy(pristine),
             seq_len=seq,
             stride=max(1, min(ev.stride or seq, seq // 2)),
-            chunk_tokens=max(seq, n // 4),
+            chunk_tokens=chunk,
             vocab_size=int(self.val.byte_table.base_bytes.numel()),
             boundary_token=getattr(ttt, "bos_id", None),
         )

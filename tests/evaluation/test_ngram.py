@@ -165,8 +165,48 @@ def test_table_growth_keeps_ids_and_counts():
     keys = sorted(want)
     prefix, last = np.array([k[0] for k in keys] + [5_000]), np.array([k[1] for k in keys] + [0])
     assert table.count_of(prefix, last).tolist() == [want[k] for k in keys] + [0]
-    assert table.bits > 6
+    assert table.buckets > 64
     assert table.size == len(want)
+
+
+def test_index_growth_split_spills_and_wide_keys():
+    """×4 growth moves each bucket's keys to its successors; spilled keys, int64 keys and presizing stay exact."""
+    from paramgolf.evaluation.ngram import _GramTable
+
+    rng = np.random.default_rng(2)
+    table, want, grown = _GramTable(vocab_size=50_000), {}, set()
+    for step in range(40):  # the index grows ×4 by splitting buckets several times
+        prefix = rng.integers(0, 200_000 if step < 30 else 200_000_000, 3_000)  # later keys exceed 2^32
+        last = rng.integers(0, 50_000, 3_000)
+        ids = table.add(prefix, last)
+        for key, i in zip((prefix * 50_000 + last).tolist(), ids.tolist()):
+            assert want.setdefault(key, i) == i  # an id never changes
+        grown.add(table.buckets)
+        keys = np.array(list(want))
+        assert (table.find(keys) == np.array(list(want.values()))).all()
+    assert len(grown) >= 3 and table.keys.dtype == np.int64 and table.size == len(want)
+    absent = np.array([k + 1 for k in want if k + 1 not in want][:500])
+    assert (table.find(absent) == -1).all()
+    # a crowded index: every key shares few buckets with many others, so buckets fill and spill on
+    crowded = _GramTable(vocab_size=10)
+    crowded.presize(400)
+    key = rng.integers(0, 10_000, 400)
+    ids = crowded.add_keys(key)
+    assert crowded.buckets == 67 and crowded.size == len(set(key.tolist()))  # ≈ 6 keys per 8-slot bucket
+    assert int(((crowded.fps >> np.uint64(56)) != 0).sum()) > 10  # many full buckets: keys spilled on
+    assert (crowded.find(key) == ids).all() and (crowded.find(np.arange(10_000, 10_200)) == -1).all()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_bigram_map_and_hashed_bigrams_agree(dense, monkeypatch):
+    """Small vocabularies keep bigrams in a dense V² map; the hashed table gives the same scores."""
+    import paramgolf.evaluation.ngram as ngram
+
+    monkeypatch.setattr(ngram, "_DENSE_BIGRAMS", 1 << 20 if dense else 0)
+    tokens = stream_tokens("repetitive", 2_000, 45, seed=8)
+    cache, _, worst, matched = run_against_reference(tokens, 45, C=250)
+    assert isinstance(cache._tables[2], ngram._DenseGramTable) == dense
+    assert worst < 1e-12 and matched > 1_000
 
 
 def test_distribution_is_normalized_and_matches_score():

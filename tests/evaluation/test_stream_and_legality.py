@@ -237,3 +237,35 @@ def test_two_gloo_ranks_give_score_first_ttt_the_same_val_bpb_as_one():
         assert got["num_tokens"] == one["num_tokens"] == 199
         assert got["val_loss"] == pytest.approx(one["val_loss"], rel=1e-10)
         assert got["weight"] == pytest.approx(one["weight"], rel=1e-10)  # every rank holds the same weights
+
+
+def _cache_result(rank: int, world_size: int, with_ttt: bool = False) -> dict:
+    from paramgolf.evaluation.ngram import NGramCache
+
+    c = to_container(compose(["experiment=smoke", "arch.num_layers=2", "arch.model_dim=64"]))
+    torch.manual_seed(0)
+    m = build_model(c["arch"]).double().eval()
+    g = torch.Generator().manual_seed(1)
+    toks = torch.randint(0, VOCAB, (50,), generator=g).repeat(5)[:240]  # repeats: the cache hits
+    ttt = ScoreFirstTTT(lr=0.05, epochs=1, seq_len=16, batch_seqs=3, chunk_tokens=CHUNK) if with_ttt else NoTTT()
+    cache = NGramCache(chunk_tokens=CHUNK)
+    kw = dict(seq_len=SEQ, stride=STRIDE, chunk_tokens=CHUNK, batch_seqs=2, device="cpu")
+    plain = run_stream(m, toks, make_byte_table(VOCAB), ttt=NoTTT(), eval_cache=NoEvalCache(), local=True, **kw)
+    r = run_stream(m, toks, make_byte_table(VOCAB), ttt=ttt, eval_cache=cache, rank=rank, world_size=world_size, **kw)
+    return {"val_loss": r.result.val_loss, "num_tokens": r.result.num_tokens, "plain": plain.result.val_loss}
+
+
+def _cache_and_ttt_result(rank: int, world_size: int) -> dict:
+    return _cache_result(rank, world_size, with_ttt=True)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_give_the_ngram_cache_and_cache_plus_ttt_the_same_val_bpb_as_one():
+    from gloo_workers import run_gloo_workers
+
+    for fn in (_cache_result, _cache_and_ttt_result):
+        one = fn(0, 1)
+        assert one["val_loss"] < one["plain"] - 0.1  # the cache really moved the score on repeated text
+        for got in run_gloo_workers(fn, world_size=2):
+            assert got["num_tokens"] == one["num_tokens"] == 239
+            assert got["val_loss"] == pytest.approx(one["val_loss"], rel=1e-10)

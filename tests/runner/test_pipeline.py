@@ -428,3 +428,35 @@ def test_a_published_method_still_runs_and_its_verdict_follows_the_number(smoke_
     assert c["normalized"] is True and c["single_pass"] is True and c["within_budget"] is None  # CPU: unknown
     assert any("position" in reason for reason in c["reasons"])
     assert "NON-COMPLIANT (causal, score_first)" in proc.stderr and "score_first: " in proc.stderr
+
+
+def test_score_first_ttt_with_the_ngram_cache_runs_on_an_artifact_and_passes_the_check(smoke_run, tmp_path, cache):
+    """#1185's combination through paramgolf-eval: the check's probe uses its own small chunks for both."""
+    out = tmp_path / "ngram"
+    methods = ["ttt=score_first", "ttt.epochs=1", "eval_cache=ngram"]
+    chunks = ["ttt.chunk_tokens=16384", "eval_cache.chunk_tokens=16384"]
+    subprocess.run(
+        [sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), "eval=sliding", "eval.stride=64"]
+        + ["eval.progress=false", *methods, *chunks, "--out", str(out)],
+        check=True,
+        env=_env(tmp_path, cache),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=600,
+    )
+    r = json.loads((out / "results.json").read_text())
+    assert r["eval"]["method"] == "sliding+score_first+ngram" and r["eval"]["num_tokens"] == r["num_val_tokens"] - 1
+    checked = r["compliance"]["checked"]
+    assert {k: checked[k] for k in ("causal", "normalized", "score_first", "single_pass")} == dict.fromkeys(
+        ("causal", "normalized", "score_first", "single_pass"), True
+    )
+    assert r["compliance"]["verdict"] == "compliant" and math.isfinite(r["val_bpb"])
+    mismatched = subprocess.run(
+        [sys.executable, "-m", "paramgolf.cli.eval", str(smoke_run), *methods, "ttt.chunk_tokens=8192"],
+        env=_env(tmp_path, cache),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert mismatched.returncode == 2 and "must agree" in mismatched.stderr and "Traceback" not in mismatched.stderr
