@@ -269,3 +269,21 @@ def test_two_gloo_ranks_give_the_ngram_cache_and_cache_plus_ttt_the_same_val_bpb
         for got in run_gloo_workers(fn, world_size=2):
             assert got["num_tokens"] == one["num_tokens"] == 239
             assert got["val_loss"] == pytest.approx(one["val_loss"], rel=1e-10)
+
+
+def test_the_check_passes_the_ngram_cache_and_flags_the_target_hashed_one_as_unnormalized(model):
+    from paramgolf.evaluation.ngram import NGramCache, NGramTargetHashed
+
+    toks = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(3)).repeat(6)[:230]
+    ok = _check(model, toks, lambda: (NoTTT(), NGramCache(chunk_tokens=CHUNK)))
+    assert ok == {"causal": True, "normalized": True, "score_first": True, "single_pass": True, "reasons": []}
+    both = _check(
+        model, toks, lambda: (ScoreFirstTTT(lr=0.05, seq_len=16, chunk_tokens=CHUNK), NGramCache(chunk_tokens=CHUNK))
+    )
+    assert both["reasons"] == [] and all(both[k] for k in ("causal", "normalized", "score_first", "single_pass"))
+    bad = _check(model, toks, lambda: (NoTTT(), NGramTargetHashed(chunk_tokens=CHUNK, buckets=4096)))
+    assert bad["normalized"] is False and bad["causal"] is True and bad["score_first"] is True
+    assert (
+        bad["reasons"][0].startswith("normalized: the distribution at position ")
+        and "sums to 1 only within" in bad["reasons"][0]
+    )
