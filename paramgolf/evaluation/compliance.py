@@ -65,10 +65,11 @@ def assess(
     checked: Mapping[str, Any] | None = None,
     within_budget: tuple[bool | None, dict[str, Any], list[str]] | None = None,
     read_ahead: Sequence[str] = (),
+    rescored: int = 0,
 ) -> dict[str, Any]:
     """The verdict from the components' declarations, the mechanical check (`checked`), the count of
     scored tokens, the time budget (`time_budget(...)`'s triple) and the real run's own reads of
-    unscored tokens (`read_ahead`, logged by the scoring stream).
+    unscored tokens (`read_ahead`) and re-scored targets (`rescored`), both logged by the scoring stream.
 
     `evaluator` (the `eval` group), `ttt` and `eval_cache` are the instantiated components; each
     declares `name` and `rules_kept()`. A component without a declaration is treated as breaking every rule.
@@ -103,6 +104,9 @@ def assess(
     if read_ahead:
         rules["score_before_update"] = False
         reasons.append(f"score_first: the scored run {read_ahead[0]} ({len(read_ahead)} reads ahead in all)")
+    if rescored:
+        rules["single_pass"] = False
+        reasons.append(f"single_pass: the scored run scored {rescored} targets more than once")
     if num_scored != num_expected:
         rules["single_pass"] = False
         reasons.append(f"single_pass: scored {num_scored} tokens, a single pass scores {num_expected}")

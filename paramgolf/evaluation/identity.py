@@ -18,6 +18,9 @@ class Identity:
     def begin(self, *args) -> None:  # fresh state before a stream
         pass
 
+    def end(self, model) -> None:  # ttt: after the stream, put back what begin changed
+        pass
+
     def score_logits(self, model, x, *, seen, positions, first):  # ttt: the logits a batch is scored with
         return model(x)
 

@@ -6,8 +6,8 @@ that adaptive state changes inside the probe, in float64 on the CPU (bit-for-bit
 - causality: streams that agree up to position t and differ after it must give identical scores
   at every position ≤ t, and the same distribution at t+1 (only its target changed); several t,
   inside a window and just before a chunk boundary;
-- normalization: at sampled positions the method's full distribution sums to 1 within 1e-6 and the
-  scored probability is its entry at the target (the cache's `distribution` against its `score`);
+- normalization: at every scored position of the probe the method's full distribution sums to 1
+  within 1e-6 and the scored probability is its entry at the target (`distribution` against `score`);
 - score before update: the stream reveals only scored tokens; every read of an unscored one is logged;
 - single pass: every target position scored exactly once.
 """
@@ -24,15 +24,19 @@ from torch import Tensor, nn
 from paramgolf.evaluation.stream import ReadAheadError, run_stream
 
 NORM_TOLERANCE = 1e-6
-NUM_SAMPLES = 32  # positions (besides the probes) where the full distribution is tested
 
 
-def probe_positions(num_tokens: int, seq_len: int, chunk_tokens: int, boundaries: tuple[int, ...] = ()) -> list[int]:
+def probe_positions(
+    num_tokens: int, seq_len: int, chunk_tokens: int, boundaries: tuple[int, ...] = (), doc_chunk: int | None = None
+) -> list[int]:
     """Positions t after which the probe streams differ: inside the first window, just before a chunk
     boundary, in the middle of a later chunk, and just before the first few document `boundaries` (BOS
-    positions: a method that sizes a document's last chunk by where the next BOS is fails there)."""
+    positions: a method that sizes a document's last chunk by where the next BOS is fails there), and
+    around the end of a document's first chunk of `doc_chunk` tokens (per-document methods' chunks)."""
     candidates = [seq_len // 2, chunk_tokens - 1, chunk_tokens, 2 * chunk_tokens - 2, num_tokens // 2 + 3]
     candidates += [p - 2 for p in boundaries[:3]]
+    if doc_chunk:
+        candidates += [p + doc_chunk + d for p in boundaries[:2] for d in (-1, 0)]
     return sorted({t for t in candidates if 1 <= t < num_tokens - 2})
 
 
@@ -49,10 +53,12 @@ def check_legality(
     vocab_size: int,
     seed: int = 0,
     boundary_token: int | None = None,
+    doc_chunk: int | None = None,
 ) -> dict[str, Any]:
     """The verdict {causal, normalized, score_first, single_pass, reasons} for the methods `make_methods()` builds.
 
-    `boundary_token`: the documents' BOS id when a method splits documents (probes also just before them).
+    `boundary_token`: the documents' BOS id when a method splits documents (probes also just before them);
+    `doc_chunk`: that method's chunk length inside a document (probes around its first chunk's end).
 
     `model` is copied (float64, CPU) for every probe run, so TTT starts from the same weights each time.
     """
@@ -61,7 +67,7 @@ def check_legality(
     reasons: list[str] = []
     n = tokens.numel()
     bounds = tuple((tokens == boundary_token).nonzero().flatten().tolist()) if boundary_token is not None else ()
-    positions = probe_positions(n, seq_len, chunk_tokens, tuple(p for p in bounds if p > 2))
+    positions = probe_positions(n, seq_len, chunk_tokens, tuple(p for p in bounds if p > 2), doc_chunk)
 
     def stream(toks: Tensor, samples: tuple[int, ...]):
         ttt, cache = make_methods()
@@ -83,7 +89,7 @@ def check_legality(
             sample_positions=samples,
         )
 
-    samples = {t + 1 for t in positions} | set(range(1, n, max(1, n // NUM_SAMPLES)))
+    samples = set(range(1, n))  # every scored position: the probe is small, a cache may break only sometimes
     verdict = {"causal": True, "normalized": True, "score_first": True, "single_pass": True}
     try:
         ref = stream(tokens, tuple(sorted(samples)))
@@ -119,7 +125,11 @@ def check_legality(
             verdict["causal"] = False
             reasons.append(f"causal: the score at position {int(diff[0])} changed when only tokens after {t} changed")
             break
-        if t + 1 in ref.distributions and not torch.equal(ref.distributions[t + 1], alt.distributions.get(t + 1)):
+        if t + 1 in ref.distributions and t + 1 not in alt.distributions:
+            verdict["single_pass"] = False
+            reasons.append(f"single_pass: position {t + 1} was not scored when only tokens after {t} changed")
+            break
+        if t + 1 in ref.distributions and not torch.equal(ref.distributions[t + 1], alt.distributions[t + 1]):
             verdict["causal"] = False
             reasons.append(f"causal: the distribution at position {t + 1} changed when only its target changed")
             break

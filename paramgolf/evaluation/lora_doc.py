@@ -166,6 +166,8 @@ class _LoRADocBase(Identity):
         probe.chunk_len = probe.chunk_tokens = max(1, min(self.chunk_len, seq_len // 2))
         probe.context_len = max(probe.chunk_len, min(self.context_len, seq_len))
         probe.batch_docs = min(self.batch_docs, slots)
+        if hasattr(probe, "min_doc_len"):  # else every document of a short probe may count as short
+            probe.min_doc_len = min(self.min_doc_len, 2 * probe.chunk_len)
         return probe
 
     def _init_A(self, lora: BatchedLoRA, rows: int, gen: torch.Generator) -> list[Tensor]:

@@ -66,6 +66,7 @@ class ScoreFirstTTT(Identity):
         self.optimizer: torch.optim.SGD | None = None
         self.autocast_dtype: torch.dtype | None = None  # set by the score stage (bf16 on CUDA)
         self.steps = 0
+        self._trainable: dict[str, bool] = {}
 
     def _frozen(self, name: str, frozen_cores: set[int]) -> bool:
         m = re.match(r"(blocks|cores)\.(\d+)\.", name)
@@ -79,6 +80,7 @@ class ScoreFirstTTT(Identity):
         core_of = getattr(model, "core_of", None) if getattr(model, "cores", None) is not None else None
         frozen_cores = {core_of[i] for i in range(min(self.freeze_blocks, len(core_of)))} if core_of else set()
         groups: dict[float, list[nn.Parameter]] = {}
+        self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         for name, p in model.named_parameters():
             if self._frozen(name, frozen_cores):
                 p.requires_grad_(False)
@@ -91,6 +93,11 @@ class ScoreFirstTTT(Identity):
             momentum=self.momentum,
         )
         self.steps = 0
+
+    def end(self, model: nn.Module) -> None:
+        """The frozen blocks' parameters get their requires_grad back."""
+        for name, p in model.named_parameters():
+            p.requires_grad_(self._trainable.get(name, p.requires_grad))
 
     def _set_lr(self, scale: float) -> None:
         for g in self.optimizer.param_groups:

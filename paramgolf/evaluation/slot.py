@@ -96,7 +96,7 @@ class SlotCausal(Identity):
                 opt.zero_grad(set_to_none=True)
                 delta.grad, bias.grad = torch.autograd.grad(loss, [delta, bias])
                 opt.step()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # scored in the fit's precision
             return model.head_logits(hidden + delta, extra=bias)
 
 

@@ -9,7 +9,7 @@ token that has not been scored yet is recorded (`read_ahead`; a strict view rais
 once (`counts` proves it in the legality check).
 
 A method is two objects (`paramgolf.evaluation.identity.Identity` is the no-op of each):
-- a `ttt` adapts the model: `begin(model)`, `score_logits(model, x, seen=, positions=, first=)` (the
+- a `ttt` adapts the model: `begin(model)`, `end(model)` (puts back what begin changed), `score_logits(model, x, seen=, positions=, first=)` (the
   logits a batch of windows is scored with; SLOT optimizes per batch here), `adapt(model, seen, chunk)`;
   a ttt with its own plan of windows (per-document LoRA) defines `run(model, tokens, recorder, ...)`;
 - an `eval_cache` mixes another distribution into the model's: `begin(vocab_size)`,
@@ -134,6 +134,7 @@ class StreamScores:
     norm_error_at: int | None = None  # the position of that maximum
     entry_mismatch: tuple[int, float] | None = None  # (position, |scored - distribution[target]|) when > 1e-9
     read_ahead: list[str] = field(default_factory=list)  # reads of unscored tokens, in order
+    rescored: int = 0  # targets scored more than once
 
 
 class Recorder:
@@ -163,6 +164,7 @@ class Recorder:
         self.norm = (0.0, None)
         self.mismatch: tuple[int, float] | None = None
         self.read_ahead: list[str] = []
+        self.rescored = 0  # targets scored again (a span overlapping what was scored before)
 
     def view(self) -> TokenView:
         return TokenView(self.tokens, self.scored, strict=False, log=self.read_ahead)
@@ -189,6 +191,7 @@ class Recorder:
         nll = -target_logp.double()
         self.sums += torch.stack([(nll * mask).sum(), mask.sum().double(), nb.sum()])  # no host sync
         for lo, hi in spans:
+            self.rescored += int(self.scored[lo:hi].sum())  # single pass, counted in every run
             self.scored[lo:hi] = True
         if not self.record:
             return
@@ -220,6 +223,7 @@ class Recorder:
             self.norm[1],
             self.mismatch,
             self.read_ahead,
+            self.rescored,
         )
 
 
@@ -274,6 +278,7 @@ def run_stream(
             world_size=world_size,
             autocast_dtype=autocast_dtype,
         )
+        ttt.end(model)
         return rec.finish(method=method, seq_len=seq_len, stride=stride, started=started, reduce=not local)
     for chunk, windows in chunk_windows(n, seq_len, stride, chunk_tokens, rank, world_size):
         mine = windows[len(windows) * rank // world_size : len(windows) * (rank + 1) // world_size]
@@ -296,6 +301,7 @@ def run_stream(
         if not chunk.is_last:
             ttt.adapt(model, rec.view(), chunk)
             eval_cache.update(rec.view(), chunk)
+    ttt.end(model)
     return rec.finish(method=method, seq_len=seq_len, stride=stride, started=started, reduce=not local)
 
 

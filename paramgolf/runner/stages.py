@@ -248,6 +248,7 @@ class Scorer:
             chunk_tokens=chunk,
             vocab_size=int(self.val.byte_table.base_bytes.numel()),
             boundary_token=getattr(ttt, "bos_id", None),
+            doc_chunk=getattr(probe_ttt, "chunk_len", None),
         )
         return {**verdict, "time_s": time.perf_counter() - started}  # an audit: not part of eval_time_s
 
@@ -547,6 +548,7 @@ def score_artifact(
         checked=checked,
         within_budget=compliance.time_budget(r.eval_time_s, train_time_s, hardware(score.env)),
         read_ahead=streamed.read_ahead if streamed is not None else (),
+        rescored=streamed.rescored if streamed is not None else 0,
     )
     return ScoreInfo(
         val_bpb=r.val_bpb,

@@ -64,3 +64,13 @@ def test_the_time_budget_is_judged_only_on_the_challenge_hardware():
     late = compliance.time_budget(100.0, 612.0, "8×H100")  # GPTQ calibration after the cap counts as training
     assert late[0] is False and "training" in late[2][0]
     assert compliance.time_budget(599.0, 600.0, "8×H100")[0] is True
+
+
+def test_the_check_and_the_real_runs_own_evidence_override_declarations():
+    checked = {"causal": False, "normalized": True, "score_first": True, "single_pass": True, "reasons": ["x at 5"]}
+    v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=5, num_expected=5, checked=checked)
+    assert not v["compliant"] and v["causal"] is False and v["reasons"] == ["checked: x at 5"]
+    v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=5, num_expected=5, read_ahead=["read 3"])
+    assert v["score_first"] is False and "read 3" in v["reasons"][0]
+    v = compliance.assess(SLIDING, NoTTT(), NoEvalCache(), num_scored=5, num_expected=5, rescored=2)
+    assert v["single_pass"] is False and "2 targets more than once" in v["reasons"][0]

@@ -173,6 +173,15 @@ def test_the_check_passes_lora_doc_and_flags_the_published_one(model):
     assert LoRADocPublished().rules_kept()["score_before_update"] is False
 
 
+def test_the_check_flags_the_published_default_through_its_probe_copy_on_short_documents(model):
+    """Real data's prefix may hold no 512-token document: the probe copy scales min_doc_len with its chunks."""
+    toks = torch.cat(_docs(DOC_LENGTHS))  # all < 512 tokens: at full size every document is 'short'
+    probe = LoRADocPublished().for_probe(32)
+    assert probe.min_doc_len == 2 * probe.chunk_len == 32
+    bad = _check(model, toks, lambda: (copy.deepcopy(probe), NoEvalCache()))
+    assert bad["score_first"] is False and bad["causal"] is False
+
+
 def test_published_short_docs_are_base_scored_and_long_ones_trained_before_scoring(model):
     toks = torch.cat(_docs(DOC_LENGTHS))
     ttt = _published()

@@ -23,9 +23,16 @@ VOCAB, SEQ, STRIDE, CHUNK = 512, 32, 8, 48
 
 @pytest.fixture(scope="module")
 def model():
+    """The smoke model with random matrices (at init its output projections are zero: no context would matter)."""
     c = to_container(compose(["experiment=smoke", "arch.num_layers=2", "arch.model_dim=64"]))
     torch.manual_seed(0)
-    return build_model(c["arch"]).eval()
+    m = build_model(c["arch"]).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,36 @@ def test_a_lenient_view_serves_the_read_and_logs_where_it_read_ahead():
     assert len(view) == 4 and view.take(torch.tensor([1, 6])).tolist() == [1, 6] and log == []
     assert view[2:8].tolist() == [2, 3, 4, 5, 6, 7]
     assert log == ["read tokens [2:8] but position 4 is not scored yet"]
+
+
+class _ScoresTwice(Identity):
+    """A method with its own plan that scores one span twice: the stream counts it in every run."""
+
+    name = "twice"
+
+    def run(self, model, tokens, recorder, **kw):
+        n = tokens.numel()
+        for lo in (0, 0):
+            idx = torch.arange(lo, n)[None]
+            log_probs = torch.log_softmax(model(tokens[idx[:, :-1]]).double(), -1)
+            logp = log_probs.gather(-1, tokens[idx[:, 1:]][..., None]).squeeze(-1)
+            recorder.add(idx, logp, torch.ones_like(logp, dtype=torch.bool), [(1, n)])
+
+
+def test_the_stream_counts_targets_scored_twice_even_without_recording(model):
+    got = run_stream(
+        model,
+        torch.arange(20),
+        make_byte_table(VOCAB),
+        ttt=_ScoresTwice(),
+        eval_cache=NoEvalCache(),
+        seq_len=SEQ,
+        stride=STRIDE,
+        chunk_tokens=CHUNK,
+        batch_seqs=4,
+        device="cpu",
+    )
+    assert got.rescored == 19 and got.result.num_tokens == 38
 
 
 def test_the_identity_stream_equals_sliding_evaluation(model, tokens):
@@ -193,6 +230,8 @@ def test_freezing_blocks_also_freezes_the_cores_they_run():
     assert sum(p.numel() for p in m.parameters() if not p.requires_grad) == 4_722_704  # the record's log
     assert any(n.startswith("cores.0.") for n in frozen) and not any(n.startswith("cores.2.") for n in frozen)
     assert "blocks.10.attn_scale" not in frozen
+    ttt.end(m)
+    assert all(p.requires_grad for p in m.parameters())  # the stream's end gives them back
 
 
 def test_score_first_ttt_refuses_bad_settings():
