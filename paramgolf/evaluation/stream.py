@@ -199,9 +199,8 @@ class Recorder:
         pos = idx[:, 1:][cpu_mask]
         self.nll_at.index_add_(0, pos, nll[mask].cpu())
         self.counts.index_add_(0, pos, torch.ones_like(pos))
-        for p in sorted(self.wanted & set(pos.tolist())):
-            r, j = (idx[:, 1:] == p).nonzero()[0].tolist()
-            if not cpu_mask[r, j]:
+        for (r, j), p in zip(cpu_mask.nonzero().tolist(), pos.tolist()):  # the scored (row, column) of each p
+            if p not in self.wanted:
                 continue
             d = cache.distribution(x[r], j, log_probs[r, j]).double().cpu()
             self.dists[p] = d
