@@ -121,7 +121,7 @@ def _check_overrides(argv: list[str]) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> int:
     from paramgolf.runner.budget import check_budget
-    from paramgolf.runner.launch import launch, under_torchrun
+    from paramgolf.runner.launch import launch, launcher_ranks, under_torchrun
     from paramgolf.runner.plan import build_plan
 
     hc = HydraConfig.get()
@@ -133,10 +133,12 @@ def _main(cfg: DictConfig) -> int:
         )
     try:
         check_known_keys(cfg)
+        _name_candidate(cfg, hc)
         c = to_container(cfg)
-        world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else int(c["train"]["nproc_per_node"])
+        ranks = launcher_ranks()  # torchrun, or a submitit job with several tasks
+        world = ranks[1] if ranks else int(c["train"]["nproc_per_node"])
         plan = build_plan(c, world)  # every component built and checked before any data is read
-        estimate = None if under_torchrun_rank() else check_budget(plan, c["budget_check"], _say)
+        estimate = None if ranks and ranks[0] != 0 else check_budget(plan, c["budget_check"], _say)
     except (UserError, HydraException, OmegaConfBaseException) as exc:  # a config mistake; anything else is a bug
         if multirun:
             raise
@@ -154,6 +156,20 @@ def _main(cfg: DictConfig) -> int:
     if code:
         raise RuntimeError(f"run exited with code {code} (see its results.json)")
     return code
+
+
+def _name_candidate(cfg: DictConfig, hc: DictConfig) -> None:
+    """`name` becomes the run's candidate (paramgolf.config.candidate); rank 0 saves it in `.hydra/config.yaml`,
+    which Hydra wrote before the job started, so that paramgolf-eval keeps the candidate."""
+    from paramgolf.config.candidate import job_candidate
+    from paramgolf.fsio import write_atomic
+
+    name = job_candidate(cfg)
+    if name == cfg.name:
+        return
+    cfg.name = name
+    if hc.output_subdir is not None:
+        write_atomic(Path(hc.runtime.output_dir) / hc.output_subdir / "config.yaml", OmegaConf.to_yaml(cfg))
 
 
 def main() -> None:
@@ -174,7 +190,7 @@ def under_torchrun_rank() -> bool:
 
 def usage() -> str:
     """`--help`: the groups and their options (`paramgolf-config GROUP` lists each option's keys)."""
-    groups = sorted({str(f.parent.relative_to(CONF_DIR)) for f in CONF_DIR.rglob("*.yaml")} - {"."})
+    groups = sorted({str(f.parent.relative_to(CONF_DIR)) for f in CONF_DIR.rglob("*.yaml")} - {".", "hydra/launcher"})
     lines = [
         "usage: paramgolf-train [-m] [GROUP=OPTION | KEY=VALUE ...]",
         "",
@@ -190,6 +206,8 @@ def usage() -> str:
         "Examples:",
         "  paramgolf-train experiment=smoke",
         "  paramgolf-train experiment=pr754 seed=42 quant=int8_zstd",
+        "  paramgolf-train -m hydra/launcher=paramgolf_local experiment=smoke seed=1,2   # sweep jobs via submitit",
+        "  (hydra/launcher: submitit_local, paramgolf_local, slurm_8gpu; README: Ablations and sweeps)",
     ]
     return "\n".join(lines)
 

@@ -81,9 +81,24 @@ def _sweep_dir(base: str = "outputs/multirun") -> str:
     return os.environ[key]
 
 
+def launcher_rank() -> int:
+    """This process's rank as its launcher set it: torchrun's RANK, a submitit task's global rank, else 0.
+
+    A submitit job with several tasks (`hydra.launcher.tasks_per_node`) runs Hydra's job in every task
+    before the runner exports RANK for torch (paramgolf.runner.launch.launcher_ranks).
+    """
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return submitit.JobEnvironment().global_rank
+    return 0
+
+
 def _output_subdir() -> str | None:
-    """Only rank 0 writes `.hydra/` (ranks of one torchrun launch share a run dir)."""
-    return ".hydra" if os.environ.get("RANK", "0") == "0" else None
+    """Only rank 0 writes `.hydra/` (the ranks of one torchrun launch or submitit job share a run dir)."""
+    return ".hydra" if launcher_rank() == 0 else None
 
 
 def setup() -> None:
@@ -142,7 +157,7 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         )
     for key in cfg.keys():
         full = f"{path}.{key}" if path else str(key)
-        if known is not None and key not in known and path != "hydra":
+        if known is not None and key not in known and full != "hydra":  # hydra: compose(return_hydra_config=True)
             raise UserError(unknown_key_message(full, known))
         if full == "hydra":
             continue

@@ -229,6 +229,11 @@ class TrainConfig:
     bf16_embeddings: bool = True  # official: the embedding table itself is bf16 under autocast
     collective_timeout_s: float = 300.0
     progress: bool = True
+    # Checkpoints for train.resume (README "Resume"); writing one is not counted as training time.
+    checkpoint_every_steps: int = 0  # after every N-th step (0: off)
+    checkpoint_every_s: Optional[float] = 120.0  # after N s of training time since the last one (null: off)
+    checkpoint_keep: int = 2  # newest kept, so a damaged newest one falls back to the one before
+    resume: Optional[str] = None  # a killed run's directory: continue from its newest usable checkpoint
 
 
 # ---------------------------------------------------------------- logger (paramgolf.tracking)

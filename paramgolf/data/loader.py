@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,22 @@ class TokenStream:
             filled += k
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: the shard order (names) and the next token's shard and offset."""
+        return {"files": [f.name for f in self.files], "file_idx": self.file_idx, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s position; the shards must be the same, in the same order."""
+        names = [f.name for f in self.files]
+        if list(state["files"]) != names:
+            raise UserError(
+                f"the saved token stream read shards {list(state['files'])[:3]}… in another order or set than "
+                f"this run's {names[:3]}…: resume with the same data and train.loader_seed"
+            )
+        self.file_idx = int(state["file_idx"])
+        self.tokens = read_shard(self.files[self.file_idx])
+        self.pos = int(state["pos"])
+
 
 def shard_order(files: Sequence[str | Path], seed: int) -> tuple[list[Path], int]:
     """Shard order and start offset for a data seed.
@@ -94,6 +111,17 @@ class DistributedTokenLoader:
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "world_size": self.world_size, "stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
+            raise UserError(
+                f"loader state of rank {state['rank']} of {state['world_size']} given to rank {self.rank} "
+                f"of {self.world_size}: resume with the same number of processes"
+            )
+        self.stream.load_state_dict(state["stream"])
 
 
 def load_validation_tokens(files: Sequence[str | Path], seq_len: int) -> torch.Tensor:

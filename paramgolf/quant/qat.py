@@ -75,6 +75,14 @@ class QAT:
     def on_step_end(self, info) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """A checkpoint's part: the step QAT switched on at (None: not yet)."""
+        return {"enabled_at": self.enabled_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["enabled_at"] is not None and self.enabled_at is None:
+            self.enable(int(state["enabled_at"]))
+
 
 @dataclass
 class LateQAT:

@@ -80,6 +80,7 @@ def load_candidates(files: Sequence[Path]) -> tuple[dict[str, Candidate], list[s
                 f"{f}: status {r.get('status')!r}" + (f" at {r['failed_stage']}" if r.get("failed_stage") else "")
             )
             continue
+        r["results_file"] = str(f)  # where the run's other files (metrics.jsonl) are, wherever it was moved
         candidates.setdefault(str(r.get("name")), Candidate(str(r.get("name")))).runs.append(r)
     return candidates, skipped
 
@@ -129,12 +130,12 @@ def _pm(mean: float, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and not math.isnan(std) else "")
 
 
-def format_table(rows: list[dict[str, Any]], reference: str | None = None) -> str:
-    """The rows as a Markdown table (readable in a terminal, pastes into a PR)."""
+def table_cells(rows: list[dict[str, Any]], reference: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The table's header and its rows as text cells: what the terminal and the HTML report both show."""
     head = ["candidate", "seeds", "val_bpb", "val_loss", "max artifact bytes", "fits", "train s", "eval s", "compliant"]
     if reference is not None:
         head += [f"Δ nats vs {reference}", "p (≥0.005)", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         cells = [
             r["candidate"],
@@ -153,5 +154,13 @@ def format_table(rows: list[dict[str, Any]], reference: str | None = None) -> st
                 cells += [f"{r['improvement_nats']:+.4f}", f"{p:.3g}" if p is not None else "—", r["verdict"]]
             else:
                 cells += ["(reference)", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    return head, body
+
+
+def format_table(rows: list[dict[str, Any]], reference: str | None = None) -> str:
+    """The rows as a Markdown table (readable in a terminal, pastes into a PR)."""
+    head, body = table_cells(rows, reference)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)

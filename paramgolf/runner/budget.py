@@ -14,9 +14,9 @@ from typing import Any
 from torch import nn
 
 from paramgolf.errors import UserError
+from paramgolf.export.bundle import script_bytes
 from paramgolf.model.training import artifact_view
 from paramgolf.optim.groups import as_rule, assign_params
-from paramgolf.quant.accounting import code_bytes
 from paramgolf.quant.estimate import codec_candidates, codec_table, estimate_model_bytes, surrogate_state_dict
 from paramgolf.runner.build import count_params
 from paramgolf.runner.plan import RunPlan, build_plan, lr_schedule_for
@@ -69,7 +69,7 @@ def estimate_budget(plan: RunPlan, all_codecs: bool = False) -> dict[str, Any]:
     c = plan.config
     model, quantizer, codec = plan.model, plan.export.quantizer, plan.export.codec
     counts = count_params(model)
-    code = code_bytes(plan.scoring.code_roots)
+    code = script_bytes(plan.scoring.code_config)
     drift = expected_drift_rms(model, c["optimizer"], c["train"])
     arch, state = artifact_view(c["arch"], model.state_dict())  # training-only parts never reach the artifact
     roles = model.parameter_roles()

@@ -12,14 +12,6 @@ from torch import nn
 
 from paramgolf.errors import UserError
 
-# Modules that read an artifact and score the rebuilt model; counted in code_bytes with the modules the
-# config's targets name (the model's, the quantizer's and codec's, the evaluation's).
-EVAL_MODULES = (
-    "paramgolf.evaluation.bpb",
-    "paramgolf.data.byte_table",
-    "paramgolf.quant.artifact",
-)
-
 # Parameter families for reporting (first match wins).
 PARAM_FAMILIES = (
     ("embeddings", re.compile(r"(^|\.)(tok_emb|lm_head|bigram|ve)\.")),
@@ -70,27 +62,6 @@ def count_params(model: nn.Module) -> dict[str, int]:
         family = next((fam for fam, rx in PARAM_FAMILIES if rx.search(name)), "other")
         counts[family] += p.numel()
     return counts
-
-
-def code_roots(cfg_container: Mapping[str, Any]) -> list[str]:
-    """Modules whose import closure is the code needed to build and evaluate the model."""
-    from paramgolf.quant.accounting import roots_from_config
-
-    c = cfg_container
-    roots = set(
-        roots_from_config(
-            {
-                "arch": c["arch"],
-                "quantizer": c["quant"]["quantizer"],
-                "codec": c["quant"]["codec"],
-                "eval": c["eval"],
-                "ttt": c["ttt"],
-                "eval_cache": c["eval_cache"],
-            }
-        )
-    )
-    roots.update(EVAL_MODULES)
-    return sorted(roots)
 
 
 def resolve_autocast(spec: str, device: torch.device) -> torch.dtype | None:

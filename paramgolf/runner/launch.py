@@ -1,4 +1,4 @@
-"""Process model: torchrun ranks, in-job elastic workers, or one plain process — all call `run`."""
+"""Process model: torchrun ranks, submitit tasks, in-job elastic workers, or one plain process — all call `run`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,24 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ and os.environ.get("PARAMGOLF_WORKER") != "1"
 
 
+def launcher_ranks() -> tuple[int, int] | None:
+    """(rank, world_size) when an outside launcher started this process as one rank of the run: torchrun,
+    or a submitit job with several tasks (`hydra/launcher=slurm_8gpu`: one task per GPU); None otherwise.
+
+    For submitit, its job variables are exported as torch's env:// ones (MASTER_ADDR, MASTER_PORT, RANK,
+    WORLD_SIZE, LOCAL_RANK); CUDA_VISIBLE_DEVICES is left alone (each rank takes GPU LOCAL_RANK).
+    """
+    if under_torchrun():
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if os.environ.get("SUBMITIT_EXECUTOR") and os.environ.get("PARAMGOLF_WORKER") != "1":
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            return env.rank, env.world_size
+    return None
+
+
 def _worker(cfg: Mapping[str, Any], run_dir: str, estimate: int | None = None) -> int:
     """Entry of each process started by `elastic_launch` (module-level so spawn can pickle it)."""
     os.environ["PARAMGOLF_WORKER"] = "1"
@@ -36,8 +54,9 @@ def launch(cfg: Mapping[str, Any], run_dir: Path, plan: RunPlan | None = None, e
     `plan`: the components built from `cfg` in this process; workers started here build their own.
     `estimate`: the budget check's estimated artifact bytes (results.json records it).
     """
-    if under_torchrun():
-        return run(cfg, run_dir, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), plan, estimate)
+    ranks = launcher_ranks()
+    if ranks is not None:
+        return run(cfg, run_dir, *ranks, plan, estimate)
     nproc = int(cfg["train"]["nproc_per_node"])
     if nproc <= 1:
         return run(cfg, run_dir, 0, 1, plan, estimate)

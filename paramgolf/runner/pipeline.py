@@ -45,7 +45,7 @@ def run(
         score = S.Scorer(p.scoring.evaluator, data.val, env, placed.autocast_dtype)
         with out.stage("train"):
             validate = lambda step: S.periodic_validation(score, placed.model, out, step)  # noqa: E731
-            summary, res.train = S.train(placed, p.training, data.dataset.train_files, rt, env, out, validate)
+            summary, res.train = S.train(placed, p.training, data.dataset.train_files, rt, env, out, validate, run_dir)
         with out.stage("average"):
             state, res.averaging = S.average(p.training.averaging, placed.model, score, out)
             if env.is_main:

@@ -20,7 +20,8 @@ from paramgolf.evaluation.stream import check_methods
 from paramgolf.quant.calibration import CalibrationData
 from paramgolf.quant.qat import LateQAT
 from paramgolf.quant.recipe import ExportRecipe
-from paramgolf.runner.build import build_model, code_roots, instantiate_unwrapped
+from paramgolf.runner.build import build_model, instantiate_unwrapped
+from paramgolf.runner.checkpoint import CheckpointSettings
 from paramgolf.runner.train_loop import LoopSettings, micro_batch_plan
 
 
@@ -35,6 +36,8 @@ class Runtime:
     collective_timeout_s: float
     loader_seed: int
     progress: bool
+    checkpoint: CheckpointSettings
+    resume: str | None  # a run directory whose newest checkpoint this run continues
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Scoring:
     evaluator: Any  # the `eval` group: which windows are scored
     ttt: Any
     eval_cache: Any
-    code_roots: list[str]  # modules whose import closure is counted in code_bytes
+    code_config: dict[str, Any]  # the config whose generated train_gpt.py is the code_bytes (export.bundle)
     budget_bytes: int
     selected_on_validation: bool  # the exported weights were picked by their validation score
 
@@ -166,6 +169,8 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         collective_timeout_s=t["collective_timeout_s"],
         loader_seed=t["loader_seed"],
         progress=t["progress"],
+        checkpoint=CheckpointSettings(t["checkpoint_every_steps"], t["checkpoint_every_s"], t["checkpoint_keep"]),
+        resume=t["resume"],
     )
     averaging = instantiate_unwrapped(t["averaging"])
     ttt, eval_cache = instantiate_unwrapped(c["ttt"]), instantiate_unwrapped(c["eval_cache"])
@@ -184,7 +189,7 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
             evaluator,
             ttt,
             eval_cache,
-            code_roots(c),
+            dict(c),
             c["budget_bytes"],
             selected_on_validation=averaging.selects_on_validation,
         ),

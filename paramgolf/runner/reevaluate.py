@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from paramgolf.config.candidate import saved_groups, with_overridden_groups
 from paramgolf.config.compose import compose, to_container
 from paramgolf.config.untrusted import check_components, load_saved_config, load_saved_overrides
 from paramgolf.errors import UserError
@@ -159,6 +160,8 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     overrides = list(overrides)
     requantize = requantizes(overrides)
     c = eval_config(run_dir, overrides)  # refuses a crafted run directory before anything is built
+    if "mode" in c["logger"] and not any(o.lstrip("+~").startswith("logger") for o in overrides):
+        c["logger"]["mode"] = "offline"  # a run directory from elsewhere never sends anything: logger.mode=online does
     src = read_results(run_dir) if (run_dir / "results.json").is_file() else {}
     if not isinstance(src, dict):
         raise UserError(f"{run_dir / 'results.json'} does not hold a results object")
@@ -180,7 +183,7 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
         requantized=requantize,
     )
     info.world_size = src.get("world_size", info.world_size)  # the world the artifact was trained in
-    out = S.RunOutput(out_dir, info, env, metrics=False, logfile=None)
+    out = S.RunOutput(out_dir, info, env, plan.logger, metrics=False, logfile=None)
     res = out.results
     if "params" in src:
         res.model = ModelInfo(params=src["params"], params_by_group=src.get("params_by_group") or {})
@@ -195,6 +198,7 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     autocast = resolve_autocast(plan.runtime.autocast, env.device)
     model = plan.model
     try:
+        out.start_logger(out_dir, job_type="eval", groups=with_overridden_groups(saved_groups(run_dir), overrides))
         with out.stage("data"):
             data, res.data = S.load_data(plan.data, plan.scoring.evaluator, plan.vocab_size, env.device)
         if requantize:
@@ -220,7 +224,7 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
             )
         if res.score.round_trip_gap_bpb is None and pre.pre_quant_val_bpb is not None:
             _same_method_pre_quant(run_dir, plan, model, score, out, saved_cfg)
-        return S.report(out)
+        return S.report(out, artifact if requantize else None)  # a new artifact goes to the logger too
     finally:
         out.close()
         D.shutdown_distributed()

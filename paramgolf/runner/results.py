@@ -73,6 +73,8 @@ class TrainInfo:
     final_train_loss: float | None = None
     calibration_reserved_s: float | None = None  # wallclock kept for GPTQ calibration
     qat: dict[str, Any] | None = None
+    resumed_from: dict[str, Any] | None = None  # train.resume: the run and checkpoint step continued from
+    checkpoints: dict[str, Any] | None = None  # checkpoints written: settings, count, bytes, write time
 
 
 @section

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from paramgolf.config.candidate import group_tags, saved_groups
 from paramgolf.data.byte_table import build_byte_table
 from paramgolf.data.dataset import DatasetInfo, check_token_ids, check_vocab
 from paramgolf.data.loader import DistributedTokenLoader
@@ -28,9 +29,9 @@ from paramgolf.evaluation.legality import check_legality
 from paramgolf.evaluation.stream import StreamScores, run_stream, stream_chunk_tokens
 from paramgolf.fsio import write_atomic
 from paramgolf.model.training import artifact_view
-from paramgolf.quant.accounting import code_bytes as measure_code_bytes
 from paramgolf.quant.artifact import read_artifact
 from paramgolf.quant.recipe import CalibrationData, ExportRecipe
+from paramgolf.runner import checkpoint as ckpt
 from paramgolf.runner import distributed as D
 from paramgolf.runner.build import build_model, count_params, prepare_for_device, resolve_autocast, resolve_compile
 from paramgolf.runner.plan import RunPlan, Runtime, Scoring, Training
@@ -49,7 +50,7 @@ from paramgolf.runner.results import (
 )
 from paramgolf.runner.train_loop import StepInfo, Trainer, TrainSummary
 from paramgolf.tracking.base import Logger, NullLogger
-from paramgolf.tracking.jsonl import MetricsJSONL
+from paramgolf.tracking.jsonl import MetricsJSONL, read_metrics
 from paramgolf.tracking.progress import TrainProgress, format_summary
 
 ARTIFACT_FILE = "model.pgart"
@@ -112,15 +113,19 @@ class RunOutput:
     def stage(self, name: str):
         return self.file.stage(name)
 
-    def start_logger(self, run_dir: Path, job_type: str = "train") -> None:
+    def start_logger(self, run_dir: Path, job_type: str = "train", groups: dict[str, str] | None = None) -> None:
+        """One logger run: group = the candidate, name `<candidate>-s<seed>`, tags `group:option` of the
+        run's config groups (`groups`, default: those Hydra saved in `run_dir/.hydra`), which the config
+        repeats under `choices` (W&B groups runs by config keys, not by tags)."""
         run = self.results.run
+        groups = saved_groups(run_dir) if groups is None else groups
         self.logger.start(
             run_dir=run_dir,
-            config=run.config,
+            config={**(run.config or {}), "choices": groups},
             run_name=f"{run.name}-s{run.seed}",
             group=run.name,
             job_type=job_type,
-            tags=[],
+            tags=group_tags(groups),
         )
 
     def close(self) -> None:
@@ -302,6 +307,12 @@ class _AveragingHook:
     def on_step_end(self, info: StepInfo):
         self.averaging.update(self.model, info.step, info.lr_scale)
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.averaging.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.averaging.load_state_dict(state)
+
 
 def train(
     placed: PlacedModel,
@@ -311,8 +322,13 @@ def train(
     env: D.DistEnv,
     out: RunOutput,
     validate: Callable[[int], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[TrainSummary, TrainInfo]:
-    """The train loop with its hooks (QAT, weight averaging), progress and metrics."""
+    """The train loop with its hooks (QAT, weight averaging), progress and metrics.
+
+    With `run_dir`, checkpoints go to `run_dir/checkpoints` as `runtime.checkpoint` says, and
+    `runtime.resume` (a killed run's directory) is continued from its newest usable checkpoint.
+    """
     model, loop, averaging, reserved = placed.model, training.loop, training.averaging, training.calibration_reserve_s
     optimizer, qat = training.optimizer, training.qat
     optimizers = optimizer(
@@ -330,6 +346,11 @@ def train(
         )
     if qat is not None:
         qat = qat.hook(model, training.quantizer, out.say)
+    config = out.results.run.config or {}
+    resumed = resume(Path(runtime.resume), config, env, out) if runtime.resume is not None else None
+    checkpointer = None
+    if run_dir is not None and runtime.checkpoint.enabled:
+        checkpointer = ckpt.Checkpointer(run_dir, runtime.checkpoint, env, config, out.say)
     hooks = ([qat] if qat is not None else []) + [_AveragingHook(averaging, model)]
     trainer = Trainer(
         model,
@@ -340,6 +361,8 @@ def train(
         env,
         placed.autocast_dtype,
         hooks=hooks,
+        checkpointer=checkpointer,
+        resumed=resumed,
     )
     if loop.warmup_steps:
         out.say(f"warm-up: {loop.warmup_steps} steps (rolled back)")
@@ -367,6 +390,7 @@ def train(
         progress.update(info.step, last_loss, tps, info.elapsed_s)
 
     summary = trainer.train(validate=validate, on_log=on_log)
+    trainer.resumed = None  # its tensors are in the model and optimizers now
     progress.close()
     info = TrainInfo(
         steps=summary.steps,
@@ -376,6 +400,8 @@ def train(
         train_tokens_per_s=summary.tokens_per_s,
         final_train_loss=summary.last_loss,
         calibration_reserved_s=reserved,
+        resumed_from=resumed.describe() if resumed is not None else None,
+        checkpoints=checkpointer.describe() if checkpointer is not None else None,
     )
     if qat is not None:
         qat.disable()  # evaluation and export see the fp32 weights; the artifact holds their rounding
@@ -385,6 +411,24 @@ def train(
         f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}"
     )
     return summary, info
+
+
+def resume(run_dir: Path, config: dict[str, Any], env: D.DistEnv, out: RunOutput) -> ckpt.Resumed:
+    """Load the newest usable checkpoint of `run_dir` and replay the metrics it had logged up to it.
+
+    The resumed run writes into its own run directory; its metrics.jsonl (and logger) first gets
+    the killed run's rows up to the checkpoint's step, so it holds the whole training's history.
+    """
+    resumed = ckpt.resume(run_dir, config, env, out.say if env.is_main else None)
+    finished = resumed.own["loop"]["stopped_by"] is not None
+    metrics = resumed.run_dir / "metrics.jsonl"
+    if env.is_main and metrics.is_file():
+        for row in read_metrics(metrics):
+            step = row.get("step", 0)
+            # at the step of the checkpoint written when training ended, only the loop's own rows
+            if step < resumed.step or (step == resumed.step and (not finished or "train/loss" in row)):
+                out.log({k: v for k, v in row.items() if k not in ("step", "time")}, step)
+    return resumed
 
 
 def periodic_validation(score: Scorer, model: nn.Module, out: RunOutput, step: int) -> None:
@@ -483,9 +527,12 @@ def rebuild_from_artifact(path: Path, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
-def measure_artifact(path: Path, roots: list[str], budget_bytes: int) -> ArtifactInfo:
+def measure_artifact(path: Path, code_config: dict[str, Any], budget_bytes: int) -> ArtifactInfo:
+    """The artifact's bytes: the model file plus the generated `train_gpt.py` a submission would ship."""
+    from paramgolf.export.bundle import script_bytes
+
     model_bytes = Path(path).stat().st_size
-    code = measure_code_bytes(roots)
+    code = script_bytes(code_config)
     total = model_bytes + code
     return ArtifactInfo(
         model_bytes=model_bytes,
@@ -593,7 +640,7 @@ def score_stage(
     `pre_quant_val_bpb`: the exported weights' score before the round trip, `pre_quant_eval`: how it was
     scored (for `round_trip_gap_bpb`, reported only when the round trip is scored the same way).
     """
-    out.results.artifact = art = measure_artifact(path, scoring.code_roots, scoring.budget_bytes)
+    out.results.artifact = art = measure_artifact(path, scoring.code_config, scoring.budget_bytes)
     out.file.write()  # the bytes are known even if evaluation fails
     s = score_artifact(
         path,
@@ -654,6 +701,8 @@ def report(out: RunOutput, artifact_path: Path | None = None) -> int:
             metadata={"val_bpb": s.val_bpb, "artifact_bytes": art.artifact_bytes},
         )
     out.file.write(status)
+    if out.main:
+        ckpt.remove_checkpoints(out.file.path.parent)  # the run finished: nothing is left to resume
     out.close()  # W&B prints its own lines; ours come last
     if out.main:
         print(format_summary(res.to_dict()), file=sys.stderr, flush=True)

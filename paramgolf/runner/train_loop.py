@@ -1,7 +1,8 @@
 """The train loop: micro-batches → explicit gradient sync → optimizer step → hooks.
 
 Time accounting follows the official script: `train_time_s` counts training steps only,
-not the compile warm-up (whose steps are rolled back) nor periodic validation.
+not the compile warm-up (whose steps are rolled back) nor periodic validation, nor writing
+checkpoints. A run resumed from a checkpoint continues from its step and elapsed time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch import nn
 from paramgolf.errors import UserError
 from paramgolf.model.training import training_loss
 from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_reduce_scalar
+
+if TYPE_CHECKING:
+    from paramgolf.runner.checkpoint import Checkpointer, Resumed
 
 
 @dataclass
@@ -34,6 +38,9 @@ class StepInfo:
 
 
 class TrainHook(Protocol):
+    """A hook with state (weight averaging, late QAT) also has `state_dict()` / `load_state_dict(state)`,
+    which checkpoints save and restore."""
+
     def on_step_start(self, step: int, elapsed_s: float, lr_scale: float) -> None: ...
     def on_step_end(self, info: StepInfo) -> None: ...
 
@@ -79,7 +86,11 @@ def micro_batch_plan(settings: LoopSettings, world_size: int) -> tuple[int, int]
 
 
 class Trainer:
-    """Runs the optimizer steps of one training; all ranks execute it in lockstep."""
+    """Runs the optimizer steps of one training; all ranks execute it in lockstep.
+
+    `checkpointer`: writes checkpoints when due and once training ends; `resumed`: a checkpoint
+    to continue from (the loop restores it after the warm-up, then goes on from its step).
+    """
 
     def __init__(
         self,
@@ -91,6 +102,8 @@ class Trainer:
         env: DistEnv,
         autocast_dtype: torch.dtype | None = None,
         hooks: list[TrainHook] | None = None,
+        checkpointer: Checkpointer | None = None,
+        resumed: Resumed | None = None,
     ):
         self.model = model  # raw module: state dicts, hooks
         self.train_model = train_model  # maybe compiled; used for forward/backward
@@ -100,6 +113,8 @@ class Trainer:
         self.env = env
         self.autocast_dtype = autocast_dtype
         self.hooks = hooks or []
+        self.checkpointer = checkpointer
+        self.resumed = resumed
         self.per_rank_micro, self.micro_tokens = micro_batch_plan(settings, env.world_size)
         # Gradients the runner averages; an optimizer that syncs some itself (Parallel Muon) keeps those.
         self.sync_params = optimizers.grad_sync_params()
@@ -160,6 +175,15 @@ class Trainer:
         cap = s.max_wallclock_seconds if s.max_wallclock_seconds and s.max_wallclock_seconds > 0 else None
         elapsed, step, losses, stopped_by = 0.0, 0, [], "iterations"
         global_tokens = s.batch_tokens
+        last_loss = float("nan")
+        if self.resumed is not None:
+            loop = self.resumed.restore(self, loader)
+            step, elapsed, last_loss = loop["step"], loop["elapsed_s"], loop["last_loss"]
+            if loop["stopped_by"] is not None:  # the checkpoint written when training ended
+                return TrainSummary(step, elapsed, step * global_tokens, loop["stopped_by"], last_loss, [])
+        ckpt = self.checkpointer
+        if ckpt is not None:
+            ckpt.start(elapsed)
         self._sync()
         t0 = time.perf_counter()
         while step < s.iterations:
@@ -175,7 +199,7 @@ class Trainer:
             reached = cap is not None and all_reduce_scalar(float(elapsed_now >= cap), self.env.device, "max") > 0
             loss = None
             if step % max(1, s.log_every) == 0 or step == 1 or step == s.iterations or reached:
-                loss = self._global_loss(local_loss)
+                loss = last_loss = self._global_loss(local_loss)
                 losses.append(loss)
             info = StepInfo(step, elapsed_now, lr_scale, momentum, loss, step * global_tokens)
             for h in self.hooks:
@@ -191,8 +215,13 @@ class Trainer:
             if reached:
                 stopped_by = "wallclock"
                 break
+            if ckpt is not None and step < s.iterations and ckpt.due(step, elapsed_now):
+                self._sync()
+                elapsed = elapsed + (time.perf_counter() - t0)
+                ckpt.save(self, loader, step, elapsed, last_loss, None)  # not counted as training time
+                t0 = time.perf_counter()
         self._sync()
         elapsed = elapsed + (time.perf_counter() - t0)
-        return TrainSummary(
-            step, elapsed, step * global_tokens, stopped_by, losses[-1] if losses else float("nan"), losses
-        )
+        if ckpt is not None:
+            ckpt.save(self, loader, step, elapsed, last_loss, stopped_by)  # where training ended
+        return TrainSummary(step, elapsed, step * global_tokens, stopped_by, last_loss, losses)

@@ -379,7 +379,9 @@ def test_wandb_offline_run_records_config_metrics_summary_and_artifact(tmp_path,
     assert rec.summary["eval_time_s"] == pytest.approx(r["eval_time_s"])
     assert rec.summary["estimated_artifact_bytes"] == r["estimated_artifact_bytes"] > 0
     assert any("smoke" in name for name in rec.artifacts)
-    assert rec.group == "smoke" and rec.name == "smoke-s1337"
+    # the candidate: the preset plus the override that changes the run (TINY's other keys are logistics)
+    assert rec.group == "smoke,train.iterations=3" and rec.name == "smoke,train.iterations=3-s1337"
+    assert rec.job_type == "train" and "experiment:smoke" in rec.tags and rec.config["choices"]["arch"] == "baseline"
     # W&B keeps its files under the run dir: no copy of the artifact in its home/cache dirs
     home = tmp_path / "wandb_home"
     assert not [p for p in home.rglob("*") if p.is_file() and p.stat().st_size == r["model_bytes"]]
