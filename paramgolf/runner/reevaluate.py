@@ -56,6 +56,13 @@ def requantizes(overrides: Sequence[str]) -> bool:
     return any(_key(o).split(".")[0] == "quant" for o in overrides)
 
 
+def offline_unless_asked(c: dict[str, Any], overrides: Sequence[str]) -> None:
+    """The saved logger runs offline unless the command line names the logger: a run directory from
+    elsewhere never makes paramgolf-eval send anything (`logger.mode=online` does)."""
+    if "mode" in c["logger"] and not any(o.lstrip("+~").startswith("logger") for o in overrides):
+        c["logger"]["mode"] = "offline"
+
+
 def eval_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """The run's saved config with the groups named by `overrides` recomposed; checked before anything is built.
 
@@ -160,8 +167,7 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), out_dir: Path | Non
     overrides = list(overrides)
     requantize = requantizes(overrides)
     c = eval_config(run_dir, overrides)  # refuses a crafted run directory before anything is built
-    if "mode" in c["logger"] and not any(o.lstrip("+~").startswith("logger") for o in overrides):
-        c["logger"]["mode"] = "offline"  # a run directory from elsewhere never sends anything: logger.mode=online does
+    offline_unless_asked(c, overrides)
     src = read_results(run_dir) if (run_dir / "results.json").is_file() else {}
     if not isinstance(src, dict):
         raise UserError(f"{run_dir / 'results.json'} does not hold a results object")

@@ -216,3 +216,17 @@ def test_without_the_artifact_the_error_agrees_with_results_json(trained, tmp_pa
     assert f"{run / 'model.pgart'} not found" in err
     assert "results.json: status failed at stage export: RuntimeError: the codec failed" in err
     assert f"re-quantize from {run / 'weights.safetensors'}" in err and "quant=int8_zlib" in err
+
+
+def test_a_saved_online_logger_runs_offline_unless_the_command_line_names_it():
+    from paramgolf.runner.reevaluate import offline_unless_asked
+
+    c = {"logger": {"_target_": "paramgolf.tracking.wandb_logger.WandbLogger", "mode": "online"}}
+    offline_unless_asked(c, ["eval=sliding"])
+    assert c["logger"]["mode"] == "offline"
+    c["logger"]["mode"] = "online"
+    offline_unless_asked(c, ["logger.mode=online"])
+    assert c["logger"]["mode"] == "online"
+    none = {"logger": {"_target_": "paramgolf.tracking.base.NullLogger"}}
+    offline_unless_asked(none, [])
+    assert "mode" not in none["logger"]
