@@ -7,7 +7,7 @@ import json
 import sys
 
 from paramgolf.data.build import DEFAULT_SHARD_TOKENS, build_dataset
-from paramgolf.data.hub import DEFAULT_REPO_ID, download
+from paramgolf.data.hub import VARIANT_REPOS, download
 from paramgolf.data.manifest import record_tokenizer
 from paramgolf.data.shard_stats import inspect_shard
 from paramgolf.errors import UserError
@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--tokenizer-train-docs", type=int, default=None, help="train the tokenizer on at most this many documents"
     )
+    b.add_argument(
+        "--transform",
+        default="none",
+        choices=["none", "caseops"],
+        help="caseops: lossless case transform; the operators become tokenizer pieces, val shards get byte sidecars",
+    )
 
     i = sub.add_parser("inspect", help="print token/byte statistics of one shard as JSON")
     i.add_argument("shard")
@@ -40,10 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="replace a manifest that records another tokenizer")
 
     d = sub.add_parser("download", help="download challenge shards and tokenizer from the Hugging Face Hub")
-    d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, byte260, ...")
+    d.add_argument(
+        "--variant", default="sp1024", help="sp1024, sp4096, sp8192, byte260, sp8192_lossless_caps_caseops_v1_reserved"
+    )
     d.add_argument("--train-shards", type=int, default=10)
     d.add_argument("--out", default="data")
-    d.add_argument("--repo-id", default=DEFAULT_REPO_ID)
+    d.add_argument(
+        "--repo-id",
+        default=None,
+        help="Hub dataset repo; default: the one publishing the variant "
+        + ", ".join(f"{v}: {r}" for v, r in VARIANT_REPOS.items())
+        + ", else willdepueoai/parameter-golf",
+    )
     d.add_argument("--with-docs", action="store_true", help="also fetch docs_selected.jsonl (for re-tokenizing)")
     return parser
 
@@ -60,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.tokenizer,
                 args.shard_tokens,
                 args.tokenizer_train_docs,
+                args.transform,
             )
         elif args.command == "inspect":
             result = inspect_shard(args.shard, args.tokenizer)

@@ -26,6 +26,8 @@ from hydra_zen import BuildsFn
 from omegaconf import MISSING
 
 from paramgolf.data.dataset import FineWebData, SyntheticData
+from paramgolf.data.loader import DistributedTokenLoader
+from paramgolf.data.packing import DocumentPackingLoader
 from paramgolf.evaluation.eval_cache import NoEvalCache
 from paramgolf.evaluation.lora_doc import LoRADocPublished, LoRADocTTT
 from paramgolf.evaluation.ngram import NGramCache, NGramTargetHashed
@@ -34,12 +36,17 @@ from paramgolf.evaluation.slot import SlotCausal, SlotPublished
 from paramgolf.evaluation.ttt import NoTTT
 from paramgolf.evaluation.windows import NonOverlapping, Sliding
 from paramgolf.model.attention import CausalSelfAttention
+from paramgolf.model.attn_gate import AttnOutputGate
 from paramgolf.model.bigram_hash import BigramHash
 from paramgolf.model.embedding import TokenEmbedding
 from paramgolf.model.gpt import GPT
+from paramgolf.model.kernels.fused_ce import softcapped_cross_entropy
+from paramgolf.model.kernels.fused_mlp import FusedLeakyReluSquaredMLP
+from paramgolf.model.loop import LoopLayers
 from paramgolf.model.mlp import LeakyReluSquaredMLP
 from paramgolf.model.mtp import MTPHeads
-from paramgolf.model.smear_gate import SmearGate
+from paramgolf.model.parallel import TwoLaneResidual
+from paramgolf.model.smear_gate import InputSmearGate, SmearGate
 from paramgolf.model.value_embedding import ValueEmbeddings
 from paramgolf.optim.averaging import EMA, EMASWA, SWA, NoAveraging
 from paramgolf.optim.builder import build_optimizer
@@ -50,6 +57,7 @@ from paramgolf.optim.schedules import CosineSchedule, WarmdownSchedule
 from paramgolf.quant.calibration import Calibration
 from paramgolf.quant.codecs import Brotli, Lzma, SevenZip, Zlib, Zstd
 from paramgolf.quant.mixed import MixedQuantizer, QuantRule
+from paramgolf.quant.pergroup import PerGroup
 from paramgolf.tracking.base import NullLogger
 from paramgolf.tracking.wandb_logger import WandbLogger
 
@@ -125,10 +133,15 @@ def fields_of(dc: type, name: str) -> type:
 # ---------------------------------------------------------------- arch (paramgolf.model)
 GQAAttentionConfig = component(CausalSelfAttention, partial=True, runtime=("layer", "num_layers"))
 LeakyReluSquaredMLPConfig = component(LeakyReluSquaredMLP, partial=True)
+FusedLeakyReluSquaredMLPConfig = component(FusedLeakyReluSquaredMLP, partial=True)
 BigramHashConfig = component(BigramHash, partial=True)
 ValueEmbeddingsConfig = component(ValueEmbeddings, partial=True)
 MTPHeadsConfig = component(MTPHeads, partial=True)
 SmearGateConfig = component(SmearGate, partial=True)
+InputSmearGateConfig = component(InputSmearGate, partial=True)
+AttnOutputGateConfig = component(AttnOutputGate, partial=True)
+LoopLayersConfig = component(LoopLayers, partial=True)
+TwoLaneResidualConfig = component(TwoLaneResidual, partial=True)
 TokenEmbeddingConfig = component(TokenEmbedding, partial=True)
 GPTConfig = component(GPT)
 
@@ -151,6 +164,7 @@ MixedQuantizerConfig = with_fields(
 ZlibConfig, ZstdConfig, LzmaConfig, SevenZipConfig, BrotliConfig = (
     component(c) for c in (Zlib, Zstd, Lzma, SevenZip, Brotli)
 )
+PerGroupConfig = component(PerGroup)
 CalibrationConfig = component(Calibration)
 
 
@@ -186,6 +200,9 @@ SlidingEvalConfig = component(Sliding)
 # ---------------------------------------------------------------- data (paramgolf.data)
 FineWebDataConfig = component(FineWebData)
 SyntheticDataConfig = component(SyntheticData)
+_LOADER_RUNTIME = ("files", "rank", "world_size", "seed")  # the runner passes these
+StreamLoaderConfig = component(DistributedTokenLoader, partial=True, runtime=_LOADER_RUNTIME)
+PackedLoaderConfig = component(DocumentPackingLoader, partial=True, runtime=_LOADER_RUNTIME)
 
 # ---------------------------------------------------------------- train (paramgolf.runner, paramgolf.optim)
 NoAveragingConfig = component(NoAveraging)
@@ -208,10 +225,14 @@ class DeviceChoice(Enum):
     cuda = "cuda"
 
 
+SoftcappedCEConfig = component(softcapped_cross_entropy, partial=True, runtime=("logits", "targets", "softcap"))
+
+
 @dataclass
 class TrainConfig:
     averaging: Any = MISSING
     schedule: Any = MISSING
+    loader: Any = MISSING  # train/loader: stream (the official loader) | packed (documents + cu_seqlens)
     iterations: int = 20_000
     batch_tokens: int = 524_288  # global tokens per optimizer step
     seq_len: int = 1024
@@ -234,6 +255,8 @@ class TrainConfig:
     checkpoint_every_s: Optional[float] = 120.0  # after N s of training time since the last one (null: off)
     checkpoint_keep: int = 2  # newest kept, so a damaged newest one falls back to the one before
     resume: Optional[str] = None  # a killed run's directory: continue from its newest usable checkpoint
+    fused_ce: Any = None  # train/fused_ce=triton: the fused softcapped CE kernel in training (null: eager)
+    grouped_allreduce: bool = False  # small gradients share one all-reduce, large ones go alone (#1530)
 
 
 # ---------------------------------------------------------------- logger (paramgolf.tracking)
@@ -271,9 +294,15 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "": [("config_schema", Config)],
     "arch": [("gpt_schema", GPTConfig)],
     "arch/attention": [("gqa_schema", GQAAttentionConfig)],
-    "arch/mlp": [("leaky_relu2_schema", LeakyReluSquaredMLPConfig)],
+    "arch/attention/output_gate": [("output_gate_schema", AttnOutputGateConfig)],
+    "arch/mlp": [
+        ("leaky_relu2_schema", LeakyReluSquaredMLPConfig),
+        ("leaky_relu2_fused_schema", FusedLeakyReluSquaredMLPConfig),
+    ],
     "arch/bigram": [("hash_schema", BigramHashConfig)],
-    "arch/smear": [("gate_schema", SmearGateConfig)],
+    "arch/smear": [("gate_schema", SmearGateConfig), ("input_gate_schema", InputSmearGateConfig)],
+    "arch/loop": [("loop_schema", LoopLayersConfig)],
+    "arch/parallel": [("two_lane_schema", TwoLaneResidualConfig)],
     "arch/value_embedding": [("ve_schema", ValueEmbeddingsConfig)],
     "arch/mtp": [("mtp_schema", MTPHeadsConfig)],
     "arch/embedding": [("token_schema", TokenEmbeddingConfig)],
@@ -287,6 +316,7 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
         ("lzma_schema", LzmaConfig),
         ("sevenzip_schema", SevenZipConfig),
         ("brotli_schema", BrotliConfig),
+        ("pergroup_schema", PerGroupConfig),
     ],
     "ttt": [
         ("none_schema", NoTTTConfig),
@@ -304,6 +334,7 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
     "eval": [("non_overlapping_schema", NonOverlappingEvalConfig), ("sliding_schema", SlidingEvalConfig)],
     "data": [("fineweb_schema", FineWebDataConfig), ("synthetic_schema", SyntheticDataConfig)],
     "train": [("train_schema", TrainConfig)],
+    "train/fused_ce": [("triton_schema", SoftcappedCEConfig)],
     "train/averaging": [
         ("none_schema", NoAveragingConfig),
         ("ema_schema", EMAConfig),
@@ -311,6 +342,7 @@ SCHEMAS: dict[str, list[tuple[str, type]]] = {
         ("ema_swa_schema", EMASWAConfig),
     ],
     "train/schedule": [("warmdown_schema", WarmdownScheduleConfig), ("cosine_schema", CosineScheduleConfig)],
+    "train/loader": [("stream_schema", StreamLoaderConfig), ("packed_schema", PackedLoaderConfig)],
     "logger": [("none_schema", NullLoggerConfig), ("wandb_schema", WandbLoggerConfig)],
 }
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from paramgolf.data.build import TOKENIZER_FILENAME
+from paramgolf.data.byte_table import ByteTable, build_byte_table, load_sidecar
 from paramgolf.data.loader import load_validation_tokens
-from paramgolf.data.manifest import check_tokenizer
-from paramgolf.data.shards import list_shards, recorded_max_token_id
+from paramgolf.data.manifest import check_tokenizer, read_manifest
+from paramgolf.data.shards import list_shards, list_sidecars, read_shard_header, recorded_max_token_id
 from paramgolf.data.synthetic import INFO_FILENAME, SyntheticSpec, build_synthetic_dataset
 from paramgolf.data.tokenizer import load_tokenizer
 from paramgolf.errors import UserError
@@ -33,6 +34,8 @@ class DatasetInfo:
     tokenizer_vocab_size: int
     entropy_bits_per_byte: float | None  # the source's entropy floor, when known (synthetic)
     val_max_tokens: int = 0  # 0: the whole validation split
+    val_byte_files: list[Path] = field(default_factory=list)  # byte sidecars parallel to val_files ([]: none)
+    text_transform: str = "none"  # what the text went through before tokenizing (none, caseops)
 
     def validation_tokens(self, seq_len: int) -> torch.Tensor:
         """Validation tokens (int64), cut to a multiple of seq_len plus one, capped by val_max_tokens."""
@@ -41,6 +44,13 @@ class DatasetInfo:
             usable = max(self.val_max_tokens // seq_len, 1) * seq_len
             tokens = tokens[: min(usable, tokens.numel() - 1) + 1]
         return tokens
+
+    def byte_table(self, table_size: int | None = None) -> ByteTable:
+        """How val_bpb counts bytes: the byte sidecar when the dataset has one, else the tokenizer's tables."""
+        sidecar = None
+        if self.val_byte_files:
+            sidecar = load_sidecar(self.val_byte_files, sum(read_shard_header(f) for f in self.val_files))
+        return build_byte_table(load_tokenizer(self.tokenizer_path), table_size, sidecar)
 
 
 class FineWebData:
@@ -71,6 +81,14 @@ class FineWebData:
         train, val = list_shards(data_dir, "train"), list_shards(data_dir, "val")  # their errors say what to do
         check_tokenizer(data_dir, tok_path)
         sp = load_tokenizer(tok_path)
+        sidecars = list_sidecars(data_dir, val)
+        transform = (read_manifest(data_dir) or {}).get("text_transform", "none")
+        if transform != "none" and not sidecars:
+            raise UserError(
+                f"{data_dir} holds {transform} text but no byte sidecars (fineweb_val_bytes_NNNNNN.bin), so val_bpb "
+                "cannot count the original bytes; download the variant with its sidecars or rebuild it with "
+                f"`paramgolf-data build --transform {transform}`"
+            )
         return DatasetInfo(
             name=data_dir.name,
             data_dir=data_dir,
@@ -80,6 +98,8 @@ class FineWebData:
             tokenizer_vocab_size=int(sp.vocab_size()),
             entropy_bits_per_byte=None,
             val_max_tokens=self.val_max_tokens,
+            val_byte_files=sidecars,
+            text_transform=transform,
         )
 
 

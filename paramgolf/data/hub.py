@@ -4,7 +4,13 @@ Manifest-driven like the challenge's data/cached_challenge_fineweb.py: the datas
 holds ``datasets/manifest.json``, which lists each dataset (``fineweb10B_sp1024``...)
 with its shard counts (``stats.files_train``, ``stats.files_val``) and tokenizer name,
 and each tokenizer with its files (``model_path``, ``vocab_path``, ``path``).
-Files land in ``<out>/datasets/<dataset>/`` and ``<out>/tokenizers/``.
+Files land in ``<out>/datasets/<dataset>/`` and ``<out>/tokenizers/``. A dataset entry
+with ``val_bytes_glob`` (the CaseOps export) also has a byte sidecar
+``fineweb_val_bytes_NNNNNN.bin`` per validation shard, fetched with it.
+
+The published variants live in different repos (``VARIANT_REPOS``): sp1024 and byte260 in
+the challenge's, sp4096 and sp8192 in kevclark/parameter-golf, and the CaseOps SP8192
+(``sp8192_lossless_caps_caseops_v1_reserved``) in romeerp/parameter-golf-caseops-v1.
 
 Resumable: a file already present (a shard with a valid header and size) is skipped.
 Each file is first fetched into the Hub cache and then moved into place atomically,
@@ -24,12 +30,25 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from paramgolf.data.caseops import normalize_transform
 from paramgolf.data.manifest import write_manifest
 from paramgolf.data.shards import ShardError, read_shard_header
 from paramgolf.errors import UserError
+from paramgolf.fsio import write_atomic
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_PREFIX = "datasets"
+CASEOPS_VARIANT = "sp8192_lossless_caps_caseops_v1_reserved"
+VARIANT_REPOS = {
+    "sp4096": "kevclark/parameter-golf",
+    "sp8192": "kevclark/parameter-golf",
+    CASEOPS_VARIANT: "romeerp/parameter-golf-caseops-v1",
+}
+
+
+def repo_for_variant(variant: str, repo_id: str | None = None) -> str:
+    """``repo_id`` when given, else the repo that publishes ``variant`` (the challenge's by default)."""
+    return repo_id or VARIANT_REPOS.get(variant, DEFAULT_REPO_ID)
 
 
 _OFFLINE_HINT = (
@@ -99,10 +118,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def dataset_name_for_variant(variant: str) -> str:
-    """``sp1024`` -> ``fineweb10B_sp1024``; ``byte260`` -> ``fineweb10B_byte260``."""
-    if variant == "byte260" or (variant.startswith("sp") and variant[2:].isdigit()):
+    """``sp1024`` -> ``fineweb10B_sp1024``; ``byte260`` -> ``fineweb10B_byte260``; ``sp8192_<suffix>`` likewise."""
+    vocab, sep, suffix = variant.partition("_")
+    if variant == "byte260" or (vocab.startswith("sp") and vocab[2:].isdigit() and bool(sep) == bool(suffix)):
         return f"fineweb10B_{variant}"
-    raise UserError(f"unknown --variant {variant!r}: expected byte260 or sp<VOCAB_SIZE> such as sp1024")
+    raise UserError(
+        f"unknown --variant {variant!r}: expected byte260, sp<VOCAB_SIZE> such as sp1024, "
+        f"or sp<VOCAB_SIZE>_<suffix> such as {CASEOPS_VARIANT}"
+    )
 
 
 def local_path(out: Path, remote_path: str) -> Path:
@@ -148,11 +171,22 @@ def fetch(repo_id: str, remote_path: str, dest: Path) -> bool:
     return True
 
 
+MANIFEST_ORIGIN = ".manifest_repo"  # beside the Hub manifest in ``out``: the repo it came from
+
+
 def load_manifest(repo_id: str, out: Path) -> dict:
-    """The repo's manifest.json (downloaded once, then read from ``out``)."""
+    """The repo's manifest.json (downloaded once, then read from ``out``).
+
+    ``out`` keeps one Hub manifest; one of another repo (``.manifest_repo`` says which; none:
+    the default repo) is fetched afresh, so variants of several repos can share ``out``.
+    """
     remote = f"{REMOTE_PREFIX}/manifest.json"
     path = local_path(out, remote)
+    origin = path.with_name(MANIFEST_ORIGIN)
+    if path.is_file() and (origin.read_text().strip() if origin.is_file() else DEFAULT_REPO_ID) != repo_id:
+        path.unlink()
     fetch(repo_id, remote, path)
+    write_atomic(origin, repo_id + "\n")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -195,6 +229,8 @@ def plan_files(manifest: dict, variant: str, train_shards: int, with_docs: bool,
     if with_docs:
         files += [f"{REMOTE_PREFIX}/docs_selected.jsonl", f"{REMOTE_PREFIX}/docs_selected.source_manifest.json"]
     files += [f"{prefix}/fineweb_val_{i:06d}.bin" for i in range(files_val)]
+    if entry.get("val_bytes_glob"):  # the byte sidecars of a transformed (CaseOps) export
+        files += [f"{prefix}/fineweb_val_bytes_{i:06d}.bin" for i in range(files_val)]
     files += [f"{prefix}/fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     files += [f"{REMOTE_PREFIX}/{p}" for p in tok_files]
     return files
@@ -204,12 +240,17 @@ def download(
     variant: str = "sp1024",
     train_shards: int = 10,
     out: str | Path = "data",
-    repo_id: str = DEFAULT_REPO_ID,
+    repo_id: str | None = None,
     with_docs: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Download a variant's val shards, ``train_shards`` train shards and tokenizer; return a summary."""
+    """Download a variant's val shards (and byte sidecars), ``train_shards`` train shards and tokenizer.
+
+    ``repo_id`` None: the repo that publishes the variant (``VARIANT_REPOS``). Returns a summary.
+    """
     out = Path(out).expanduser()
+    dataset_name_for_variant(variant)  # a malformed variant fails before any request
+    repo_id = repo_for_variant(variant, repo_id)
     manifest = load_manifest(repo_id, out)
     files = plan_files(manifest, variant, train_shards, with_docs, repo_id)
     downloaded, skipped = [], []
@@ -219,9 +260,10 @@ def download(
     # Record which tokenizer wrote the shards, so that no other one is used with them.
     name = dataset_name_for_variant(variant)
     dataset_dir = local_path(out, f"{REMOTE_PREFIX}/datasets/{name}")
-    model = _tokenizer_entry(manifest, _dataset_entry(manifest, name, repo_id), repo_id).get("model_path")
-    if model:  # the SentencePiece model of sp* variants
-        write_manifest(dataset_dir, local_path(out, f"{REMOTE_PREFIX}/{model}"))
+    tok = _tokenizer_entry(manifest, _dataset_entry(manifest, name, repo_id), repo_id)
+    if tok.get("model_path"):  # the SentencePiece model of sp* variants
+        transform = normalize_transform(tok.get("text_transform"))
+        write_manifest(dataset_dir, local_path(out, f"{REMOTE_PREFIX}/{tok['model_path']}"), transform)
     return {
         "dataset_dir": str(dataset_dir),
         "tokenizers_dir": str(out / "tokenizers"),

@@ -4,7 +4,8 @@ The training stream is the official one: shards read in order, consumed as one l
 sequence of tokens that wraps around to the first shard at the end. Each call to
 ``DistributedTokenLoader.next_batch`` takes ``world_size`` consecutive spans from the
 stream and hands span ``rank`` to this process, so a step made of M micro-batches covers
-the same M spans whatever the number of processes that share it.
+the same M spans whatever the number of processes that share it. The document-packing loader
+(one packed row per micro-batch, attention within documents) is paramgolf.data.packing.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class DistributedTokenLoader:
         return {"rank": self.rank, "world_size": self.world_size, "stream": self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "stream" not in state:
+            raise UserError("the saved loader state is not a token stream's: resume with the same loader")
         if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
             raise UserError(
                 f"loader state of rank {state['rank']} of {state['world_size']} given to rank {self.rank} "

@@ -7,7 +7,8 @@ synthetic generator) therefore leaves ``manifest.json`` beside them::
 
     {"tokenizer": "tokenizer.model", "tokenizer_sha256": "...", "vocab_size": 1024}
 
-and a dataset is resolved only with the tokenizer whose sha256 the manifest records.
+plus ``"text_transform": "caseops"`` when the text was transformed before tokenizing
+(its val_bpb then needs the byte sidecars), and a dataset is resolved only with the tokenizer whose sha256 the manifest records.
 Datasets made before manifests existed have none; ``paramgolf-data manifest DIR
 --tokenizer PATH`` writes one.
 
@@ -31,8 +32,9 @@ MANIFEST_FILENAME = "manifest.json"
 _KEYS = ("tokenizer", "tokenizer_sha256", "vocab_size")
 
 
-def write_manifest(data_dir: str | Path, tokenizer_path: str | Path) -> Path:
-    """Record ``tokenizer_path`` as the tokenizer of the shards in ``data_dir``; return the manifest's path."""
+def write_manifest(data_dir: str | Path, tokenizer_path: str | Path, text_transform: str = "none") -> Path:
+    """Record ``tokenizer_path`` (and a ``text_transform`` other than none) as what wrote the shards in
+    ``data_dir``; return the manifest's path."""
     data_dir, tokenizer_path = Path(data_dir).expanduser(), Path(tokenizer_path).expanduser()
     sp = load_tokenizer(tokenizer_path)
     manifest = {
@@ -40,6 +42,8 @@ def write_manifest(data_dir: str | Path, tokenizer_path: str | Path) -> Path:
         "tokenizer_sha256": file_sha256(tokenizer_path),
         "vocab_size": int(sp.vocab_size()),
     }
+    if text_transform != "none":
+        manifest["text_transform"] = text_transform
     return write_atomic(data_dir / MANIFEST_FILENAME, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -108,5 +112,7 @@ def record_tokenizer(data_dir: str | Path, tokenizer_path: str | Path, force: bo
             f"{data_dir / MANIFEST_FILENAME} already records another tokenizer ({old['tokenizer']}, "
             f"sha256 {old['tokenizer_sha256'][:12]}); pass --force to replace it"
         )
-    write_manifest(data_dir, tokenizer_path)
+    write_manifest(
+        data_dir, tokenizer_path, (old or {}).get("text_transform", "none")
+    )  # keeps what the text went through
     return {"manifest": str(data_dir / MANIFEST_FILENAME), **read_manifest(data_dir)}

@@ -121,10 +121,13 @@ def read_shard(path: str | Path, mmap: bool = True) -> np.ndarray:
 
 
 def list_shards(data_dir: str | Path, split: str) -> list[Path]:
-    """Sorted ``fineweb_{split}_*.bin`` files in ``data_dir``; error when there are none."""
+    """Sorted ``fineweb_{split}_NNNNNN.bin`` files in ``data_dir``; error when there are none.
+
+    Byte sidecars (``fineweb_val_bytes_NNNNNN.bin``) match the same glob and are left out.
+    """
     data_dir = Path(data_dir).expanduser()
     pattern = f"fineweb_{split}_*.bin"
-    files = sorted(data_dir.glob(pattern))
+    files = sorted(f for f in data_dir.glob(pattern) if f.stem[len(f"fineweb_{split}_") :].isdigit())
     if not files:
         where = "directory does not exist" if not data_dir.is_dir() else "no file matches"
         raise ShardError(
@@ -132,3 +135,43 @@ def list_shards(data_dir: str | Path, split: str) -> list[Path]:
             "run `paramgolf-data download --variant sp1024` or `paramgolf-data build` first"
         )
     return files
+
+
+SIDECAR_PREFIX = "fineweb_val_bytes_"
+
+
+def sidecar_path(val_shard: str | Path) -> Path:
+    """The byte sidecar beside a validation shard: ``fineweb_val_NNNNNN.bin`` -> ``fineweb_val_bytes_NNNNNN.bin``.
+
+    A sidecar has the shard format; entry i is the number of original UTF-8 bytes that token i of
+    the shard stands for (0 for BOS and for CaseOps operators).
+    """
+    val_shard = Path(val_shard)
+    if not val_shard.name.startswith("fineweb_val_"):
+        raise ShardError(
+            f"{val_shard} is not a validation shard (fineweb_val_NNNNNN.bin): only those have byte sidecars"
+        )
+    return val_shard.with_name(SIDECAR_PREFIX + val_shard.name.removeprefix("fineweb_val_"))
+
+
+def list_sidecars(data_dir: str | Path, val_files: list[Path]) -> list[Path]:
+    """The byte sidecars of ``val_files``: one per shard, each as long as its shard; [] when there are none."""
+    data_dir = Path(data_dir).expanduser()
+    found = sorted(data_dir.glob(f"{SIDECAR_PREFIX}*.bin"))
+    if not found:
+        return []
+    wanted = [sidecar_path(f) for f in val_files]
+    if found != wanted:
+        missing = sorted(set(wanted) - set(found)) or sorted(set(found) - set(wanted))
+        raise ShardError(
+            f"{data_dir} has {len(found)} byte sidecar(s) for {len(val_files)} validation shard(s) "
+            f"(first mismatch: {missing[0].name}); every fineweb_val_NNNNNN.bin needs its fineweb_val_bytes_NNNNNN.bin: "
+            "download or build the dataset again"
+        )
+    for shard, side in zip(val_files, wanted):
+        if read_shard_header(side) != read_shard_header(shard):
+            raise ShardError(
+                f"byte sidecar {side} has {read_shard_header(side)} entries but {shard} has "
+                f"{read_shard_header(shard)} tokens; they were not written together: rebuild the dataset"
+            )
+    return wanted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -103,11 +103,13 @@ def train_sentencepiece(
     vocab_size: int,
     out_prefix: str | Path,
     num_threads: int = 1,
+    user_defined_symbols: Sequence[str] = (),
 ) -> Path:
     """Train a BPE SentencePiece model with the challenge's settings; return ``<out_prefix>.model``.
 
     Documents are cut below the trainer's sentence limit so that none is skipped.
-    One thread keeps the result deterministic.
+    One thread keeps the result deterministic. ``user_defined_symbols`` become pieces of
+    their own that the text always splits at (the CaseOps operators).
     """
     if vocab_size < 8:
         raise UserError(f"vocab_size={vocab_size} is too small for a SentencePiece BPE model")
@@ -123,6 +125,7 @@ def train_sentencepiece(
             max_sentence_length=TRAINER_MAX_SENTENCE_BYTES,
             num_threads=num_threads,
             minloglevel=2,
+            **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}),
             **CHALLENGE_TRAINER_SETTINGS,
         )
     except RuntimeError as exc:

@@ -25,11 +25,16 @@ from paramgolf.errors import UserError
 
 
 class ByteCounter(Protocol):
-    """What evaluation needs from a tokenizer byte table (`paramgolf.data.byte_table.ByteTable`)."""
+    """What evaluation needs from a byte table (`paramgolf.data.byte_table.ByteTable`).
+
+    `count` is the one place every evaluation path gets the bytes of its scored targets: from the
+    tokenizer's tables by (previous, target) id, or from the dataset's byte sidecar by the targets'
+    `positions` in the validation tokens (`SidecarByteTable`, CaseOps). Every caller passes both.
+    """
 
     def to(self, device: torch.device) -> ByteCounter: ...
 
-    def count(self, prev_ids: Tensor, tgt_ids: Tensor) -> Tensor: ...
+    def count(self, prev_ids: Tensor, tgt_ids: Tensor, positions: Tensor | None = None) -> Tensor: ...
 
 
 @dataclass
@@ -107,16 +112,23 @@ def eval_mode(model: nn.Module, device: torch.device, autocast_dtype: torch.dtyp
 
 
 def score_batch(
-    model: nn.Module, x: Tensor, y: Tensor, byte_table: ByteCounter, score_mask: Tensor | None = None
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    byte_table: ByteCounter,
+    score_mask: Tensor | None = None,
+    positions: Tensor | None = None,
 ) -> Tensor:
-    """float64 [nll sum, token count, byte count] over the targets `y` that `score_mask` selects (all if None)."""
+    """float64 [nll sum, token count, byte count] over the targets `y` that `score_mask` selects (all if None).
+
+    `positions`: where each target sits in the validation tokens (what a byte sidecar reads)."""
     logits = model(x)
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
         raise RuntimeError(
             f"model(idx) must return logits [B, T, V] for idx [B, T]; got {tuple(logits.shape)} for {tuple(x.shape)}"
         )
     nll = token_nll(logits, y).double()
-    num_bytes = byte_table.count(x, y)
+    num_bytes = byte_table.count(x, y, positions)
     if score_mask is None:
         num_tokens = torch.tensor(float(y.numel()), dtype=torch.float64, device=nll.device)
     else:  # masking instead of boolean indexing avoids a host sync per batch on GPU
@@ -216,7 +228,8 @@ def evaluate_non_overlapping(
             chunk = tokens[first * seq_len : last * seq_len + 1].to(device, non_blocking=True)
             x = chunk[:-1].view(-1, seq_len)
             y = chunk[1:].view(-1, seq_len)
-            sums += score_batch(model, x, y, byte_table)
+            positions = torch.arange(first * seq_len + 1, last * seq_len + 1, device=device).view(-1, seq_len)
+            sums += score_batch(model, x, y, byte_table, positions=positions)
             bar.update(1)
         bar.close()
         return finish(sums, method="non_overlapping", seq_len=seq_len, stride=None, started=started)

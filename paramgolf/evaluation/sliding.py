@@ -124,7 +124,8 @@ def evaluate_sliding(
             # Target j of a window sits at token position start + 1 + j.
             first_scored = torch.tensor([w.score_from - w.start - 1 for w in windows], device=device)
             score_mask = torch.arange(span - 1, device=device)[None, :] >= first_scored[:, None]
-            sums += score_batch(model, x, y, byte_table, score_mask)
+            positions = (starts[:, None] + 1 + torch.arange(span - 1)).to(device, non_blocking=True)
+            sums += score_batch(model, x, y, byte_table, score_mask, positions)
             bar.update(1)
         bar.close()
         return finish(sums, method="sliding", seq_len=seq_len, stride=stride, started=started)

@@ -187,7 +187,7 @@ class Recorder:
         the scored [lo, hi) ranges; `cache` and `log_probs` give the full distribution at sampled positions."""
         window = self.tokens[idx].to(self.device)
         x, y = window[:, :-1], window[:, 1:]
-        nb = self.byte_table.count(x, y).double() * mask
+        nb = self.byte_table.count(x, y, idx[:, 1:].to(self.device)).double() * mask
         nll = -target_logp.double()
         self.sums += torch.stack([(nll * mask).sum(), mask.sum().double(), nb.sum()])  # no host sync
         for lo, hi in spans:

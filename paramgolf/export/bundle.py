@@ -29,6 +29,10 @@ PACKAGE = "paramgolf"
 ENTRY = ("paramgolf.export.standalone", "main")
 # Third-party packages the generated script may import when a module is loaded (requirements.txt).
 ALLOWED = {"torch", "numpy", "sentencepiece", "safetensors", "zstandard", "brotli"}
+# The optional kernels (paramgolf.model.kernels.triton_*) import Triton; they load only when a kernel runs on
+# CUDA. Their bytes count; a script that runs them also needs their source kept verbatim (Triton's jit reads
+# it with inspect.getsource, and its `tl.constexpr` annotations), which this bundler does not do yet.
+ALLOWED |= {"triton"}
 # Packages it must never reach, even lazily: the point of the export is to run without them.
 FORBIDDEN = {"hydra", "omegaconf", "wandb", "paramgolf_private"}
 # Config groups the script does not run (the logger) or reads as plain values (data paths).

@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 
-from paramgolf.data.byte_table import build_byte_table
-from paramgolf.data.loader import DistributedTokenLoader, load_validation_tokens
-from paramgolf.data.shards import list_shards
+from paramgolf.data.byte_table import build_byte_table, load_sidecar
+from paramgolf.data.loader import load_validation_tokens
+from paramgolf.data.shards import list_shards, list_sidecars, read_shard_header
 from paramgolf.data.tokenizer import load_tokenizer
 from paramgolf.errors import UserError
 from paramgolf.evaluation.stream import check_methods, run_stream, stream_chunk_tokens
 from paramgolf.fsio import write_atomic
+from paramgolf.model.init import record_init_
 from paramgolf.model.training import artifact_view
 from paramgolf.quant.artifact import read_artifact
 from paramgolf.quant.calibration import CalibrationData
@@ -37,7 +38,7 @@ from paramgolf.quant.qat import LateQAT
 from paramgolf.quant.recipe import ExportRecipe
 from paramgolf.runner import distributed as D
 from paramgolf.runner.build import prepare_for_device, resolve_autocast, resolve_compile
-from paramgolf.runner.stages import _AveragingHook
+from paramgolf.runner.stages import _AveragingHook, loop_hook
 from paramgolf.runner.train_loop import LoopSettings, Trainer
 
 ARTIFACT_FILE = "final_model.pgart"
@@ -84,16 +85,21 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
     cap = t["max_wallclock_seconds"]
     keys = ("iterations", "batch_tokens", "seq_len", "micro_batches", "warmup_steps", "val_every", "log_every")
     loop = LoopSettings(**{k: t[k] for k in keys}, max_wallclock_seconds=cap, lr_schedule=schedule)
+    loop.softcapped_ce, loop.grouped_allreduce = build(t["fused_ce"]), t["grouped_allreduce"]
     evaluator = build(c["eval"])
     evaluator.bind(t["seq_len"])
     torch.manual_seed(c["seed"])
     model = build(c["arch"])
+    record_init_(model, c["arch"], c["seed"])
     optimizer = build(c["optimizer"])
     recipe = ExportRecipe(
         build(q["quantizer"]), build(q["codec"]), q["packing"], build(q["calibration"]), c["arch"], cap
     )
     qat = LateQAT.plan(recipe.quantizer, **q["qat"], after_step=getattr(schedule, "warmup_iters", 0))
     loop.max_wallclock_seconds = recipe.training_cap(cap)
+    if loop.max_wallclock_seconds != cap:  # the schedule runs to where training stops
+        loop.lr_schedule = build(t["schedule"])(iterations=t["iterations"], max_wallclock_s=loop.max_wallclock_seconds)
+    loader = build(t["loader"])
     averaging = build(t["averaging"])
     if averaging.selects_on_validation:
         raise UserError("train.averaging picks weights by their validation score: that cannot be a record script")
@@ -106,7 +112,9 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
         data_dir, tok_path = data_paths(c["data"])
         train_files, val_files = list_shards(data_dir, "train"), list_shards(data_dir, "val")
         vocab = c["arch"]["vocab_size"]
-        byte_table = build_byte_table(load_tokenizer(tok_path), table_size=vocab)
+        sidecars = list_sidecars(data_dir, val_files)  # CaseOps data: bytes of the original text per token
+        sidecar = load_sidecar(sidecars, sum(read_shard_header(f) for f in val_files)) if sidecars else None
+        byte_table = build_byte_table(load_tokenizer(tok_path), table_size=vocab, sidecar=sidecar)
         split = load_validation_tokens(val_files, 1)
         cut = c["data"].get("val_max_tokens", 0)
         if cut > 0:
@@ -126,10 +134,12 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
             list(model.named_parameters()), param_uses=model.parameter_uses(), param_roles=model.parameter_roles()
         )
         hooks = [qat.hook(model, recipe.quantizer, say)] if qat is not None else []
+        looping = loop_hook(model, loop, say)  # the loop layers' switch, as the run plan orders the hooks
+        hooks += [looping] if looping is not None else []
         hooks.append(_AveragingHook(averaging, model))
 
-        def make_loader() -> DistributedTokenLoader:
-            return DistributedTokenLoader(train_files, env.rank, env.world_size, seed=t["loader_seed"])
+        def make_loader() -> Any:
+            return loader(train_files, env.rank, env.world_size, seed=t["loader_seed"])
 
         trainer = Trainer(model, train_model, optimizers, make_loader, loop, env, dtype, hooks=hooks)
         trainer.warm_up()
@@ -142,6 +152,8 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
         summary = trainer.train(on_log=on_log)
         if qat is not None:
             hooks[0].disable()
+        if looping is not None:
+            looping.finish()
         state = averaging.averaged_state_dict(model)
         state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
         model.load_state_dict(state, strict=True)

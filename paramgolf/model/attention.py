@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,20 @@ except ImportError:  # pragma: no cover - depends on the machine
     _fa3_func = None
 
 
+def fa3_applies(kernel, q: Tensor) -> bool:
+    """Whether a FlashAttention-3 `kernel` (None: not importable) runs for q: on CUDA, in half precision."""
+    return (
+        kernel is not None
+        and q.is_cuda
+        and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda"))
+    )
+
+
+def fa3_dtype(q: Tensor) -> torch.dtype:
+    """The half precision FA3 computes in: q's own, or autocast's (q/k come out of the fp32 RMSNorm)."""
+    return q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.get_autocast_dtype("cuda")
+
+
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = None) -> Tensor:
     """Causal softmax attention. q: (B, T, H, D); k, v: (B, T, Hkv, D) with H % Hkv == 0.
 
@@ -24,14 +40,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, use_fa3: bool | None = Non
     both compute the same function (tests compare SDPA with the explicit formula).
     """
     if use_fa3 is None:
-        use_fa3 = (
-            _fa3_func is not None
-            and q.is_cuda
-            and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cuda"))
-        )
+        use_fa3 = fa3_applies(_fa3_func, q)
     if use_fa3:
-        # FA3 takes half precision only; under autocast q/k come out of the fp32 RMSNorm.
-        half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.get_autocast_dtype("cuda")
+        half = fa3_dtype(q)
         out = _fa3_func(q.to(half), k.to(half), v.to(half), causal=True)
         return out[0] if isinstance(out, tuple) else out
     y = F.scaled_dot_product_attention(
@@ -50,7 +61,10 @@ class CausalSelfAttention(nn.Module):
     Official naive baseline (records/track_10min_16mb/2026-03-17_NaiveBaseline); options from the
     seed records: partial RoPE with NTK scaling (`rope_dims`, `rope_train_seq_len`), XSA on chosen
     layers (`xsa_layers`, or the last `xsa_last_n` of `num_layers`), a per-head output gate
-    (`gated`, PRs #754/#1185) and the value residual (`value_residual`, PRs #754/#1185).
+    (`gated`, PRs #754/#1185) and the value residual (`value_residual`, PRs #754/#1185); from the
+    later records, a narrow per-head output gate (`output_gate(dim, num_heads)`, an AttnOutputGate:
+    #1667/#1736/#1787). Given `cu_seqlens` in the per-forward state (packed documents, batch 1),
+    attention stays within each document (varlen, #1530).
     """
 
     def __init__(
@@ -71,6 +85,7 @@ class CausalSelfAttention(nn.Module):
         gate_bias_init: float = 4.0,
         value_residual_first_init: float = 0.5,
         value_residual_self_init: float = 0.5,
+        output_gate: Callable[[int, int], nn.Module] | None = None,
     ):
         """`gate_bias_init`: the gated-attention gate's bias at init (sigmoid(4) ≈ 0.982, nearly open);
         `value_residual_first_init` / `_self_init`: the value residual's λ0 (first layer's values) / λ1 (own)."""
@@ -92,7 +107,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = control_parameter(torch.full((num_heads,), float(qk_gain_init)))
         self.rotary = Rotary(self.head_dim, base=rope_base, rope_dims=rope_dims, train_seq_len=rope_train_seq_len)
+        if gated and output_gate is not None:
+            raise UserError("arch.attention: `gated` and `output_gate` are two output gates; choose one")
         self.attn_gate = HeadGate(dim, num_heads, bias_init=gate_bias_init) if gated else None
+        self.output_gate = output_gate(dim, num_heads) if output_gate is not None else None
         self.value_residual = (
             ValueResidual(first_init=value_residual_first_init, self_init=value_residual_self_init)
             if value_residual
@@ -112,11 +130,19 @@ class CausalSelfAttention(nn.Module):
             v = self.value_residual(v, state if state is not None else {})
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
-        y = causal_attention(q, k, v)
+        cu_seqlens = state.get("cu_seqlens") if state is not None else None
+        if cu_seqlens is not None:
+            from paramgolf.model.varlen import varlen_causal_attention
+
+            y = varlen_causal_attention(q, k, v, cu_seqlens, state["max_seqlen"])
+        else:
+            y = causal_attention(q, k, v)
         if self.use_xsa:
             y = exclusive_self_attention(y, v.to(y.dtype))
         if self.attn_gate is not None:
             y = y * self.attn_gate(x).to(y.dtype).unsqueeze(-1)
+        if self.output_gate is not None:
+            y = y * self.output_gate(x).to(y.dtype).unsqueeze(-1)
         return self.proj(y.reshape(B, T, C))
 
 

@@ -25,16 +25,31 @@ def training_parts(model: nn.Module) -> list[nn.Module]:
     return [m for m in (getattr(model, k, None) for k in TRAINING_ONLY) if m is not None]
 
 
-def training_loss(model: nn.Module, forward: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
+def training_loss(
+    model: nn.Module,
+    forward: Callable[..., Any],
+    x: Tensor,
+    y: Tensor,
+    *,
+    softcapped_ce: Callable[[Tensor, Tensor, float], Tensor] | None = None,
+    **model_kwargs: Any,
+) -> Tensor:
     """Next-token CE plus every training-only part's auxiliary loss on the final hidden state.
 
     `forward` is the module that runs (maybe compiled); `model` the raw module that owns the parts.
+    `model_kwargs` go to every `forward` call (e.g. `cu_seqlens`). `softcapped_ce(raw_logits, y, c)`:
+    a loss that applies the model's softcap `c` itself (the fused kernel,
+    paramgolf.model.kernels.fused_ce.softcapped_cross_entropy); the model then returns pre-softcap
+    logits (`forward(..., softcap=False)`). None: the model's softcapped logits and `lm_loss`.
     """
     parts = training_parts(model)
+    if softcapped_ce is not None:
+        model_kwargs = {**model_kwargs, "softcap": False}
     if not parts:
-        return lm_loss(forward(x), y)
-    logits, hidden = forward(x, return_hidden=True)
-    loss = lm_loss(logits, y)
+        out = forward(x, **model_kwargs)
+    else:
+        out, hidden = forward(x, return_hidden=True, **model_kwargs)
+    loss = lm_loss(out, y) if softcapped_ce is None else softcapped_ce(out, y, model.logit_softcap)
     for part in parts:
         loss = loss + part.loss(hidden, y)
     return loss

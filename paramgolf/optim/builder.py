@@ -6,7 +6,8 @@ Hydra config (conf/optimizer): `_target_: paramgolf.optim.builder.build_optimize
 Per training step the runner: `begin_step()` right after backward (shared-core gradient
 scaling; Parallel Muon starts its reduce-scatters), all-reduces the gradients of every
 trainable parameter not in `self_synced_params()` (multi-process), `set_lr_scale(schedule(...))`,
-`set_muon_momentum(momentum_at(step))`, `clip_grad_norm()`, `step()`, `zero_grad()`.
+`set_muon_momentum(momentum_at(step))`, `set_muon_wd_scale(muon_wd_scale_at(training fraction))`,
+`clip_grad_norm()`, `step()`, `zero_grad()`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 from paramgolf.errors import UserError
 from paramgolf.optim.groups import ParamRule, as_rule, assign_params, assignment_summary
 from paramgolf.optim.muon import Muon
-from paramgolf.optim.schedules import momentum_warmup
+from paramgolf.optim.schedules import momentum_warmup, wd_taper_scale
 
 
 class OptimizerSet:
@@ -34,6 +35,10 @@ class OptimizerSet:
     `grad_scale` maps parameter names to a gradient multiplier applied in `begin_step()` before
     any sync or clipping: depth recurrence's shared cores get 1/uses there when a preset asks for
     it (#537 halves core 0, which runs twice), which also lowers their share of the clip norm.
+
+    `muon_wd_taper_start` (a training fraction, or None for no taper): the Muon groups' weight decay
+    is the rule's times `wd_taper_scale` (#1729): 1 up to that fraction, then linear down to
+    `muon_wd_taper_final_mul` at the end of training. The AdamW groups keep theirs.
     """
 
     def __init__(
@@ -47,6 +52,8 @@ class OptimizerSet:
         muon_momentum_warmup_start: float = 0.85,
         muon_momentum_warmup_steps: int = 500,
         muon_ns_dtype: torch.dtype = torch.bfloat16,
+        muon_wd_taper_start: float | None = None,
+        muon_wd_taper_final_mul: float = 0.5,
         adam_betas: Sequence[float] = (0.9, 0.95),
         adam_eps: float = 1e-8,
         grad_clip_norm: float = 0.0,
@@ -58,6 +65,13 @@ class OptimizerSet:
             raise UserError(f"optimizer.adam_betas must hold two numbers (beta1, beta2), got {list(adam_betas)}")
         if grad_clip_norm < 0:
             raise UserError(f"optimizer.grad_clip_norm must be >= 0 (0 disables clipping), got {grad_clip_norm}")
+        if muon_wd_taper_start is not None and not 0.0 <= muon_wd_taper_start < 1.0:
+            raise UserError(
+                f"optimizer.muon_wd_taper_start={muon_wd_taper_start} must be a training fraction in [0, 1), "
+                f"or null for no taper"
+            )
+        if muon_wd_taper_final_mul < 0.0:
+            raise UserError(f"optimizer.muon_wd_taper_final_mul={muon_wd_taper_final_mul} must be >= 0")
         self.rules = [as_rule(r) for r in rules]
         trainable = [(n, p) for n, p in named_params if p.requires_grad]
         names = {n for n, _ in trainable}
@@ -73,6 +87,8 @@ class OptimizerSet:
         self.muon_momentum = muon_momentum
         self.muon_momentum_warmup_start = muon_momentum_warmup_start
         self.muon_momentum_warmup_steps = muon_momentum_warmup_steps
+        self.muon_wd_taper_start = muon_wd_taper_start
+        self.muon_wd_taper_final_mul = muon_wd_taper_final_mul
         self.grad_clip_norm = grad_clip_norm
         self.params: list[Tensor] = [p for members in assigned.values() for _, p in members]
 
@@ -100,6 +116,8 @@ class OptimizerSet:
                 nesterov=muon_nesterov,
                 ns_dtype=muon_ns_dtype,
             )
+        # The rules' Muon weight decays, which the taper scales (group["weight_decay"] is the current one).
+        self._muon_base_wd = [g["weight_decay"] for g in self.muon.param_groups] if self.muon is not None else []
         self.adam: torch.optim.AdamW | None = None
         if adam_groups:
             on_cuda = all(p.is_cuda for g in adam_groups for p in g["params"])
@@ -159,6 +177,16 @@ class OptimizerSet:
         return momentum_warmup(
             step, self.muon_momentum_warmup_start, self.muon_momentum, self.muon_momentum_warmup_steps
         )
+
+    def muon_wd_scale_at(self, frac: float) -> float:
+        """Muon weight-decay multiplier at training fraction `frac` under the configured taper (1 without)."""
+        return wd_taper_scale(frac, self.muon_wd_taper_start, self.muon_wd_taper_final_mul)
+
+    def set_muon_wd_scale(self, scale: float) -> None:
+        """weight_decay = the rule's weight_decay * scale for every Muon group (AdamW groups untouched)."""
+        if self.muon is not None:
+            for group, base in zip(self.muon.param_groups, self._muon_base_wd, strict=True):
+                group["weight_decay"] = base * scale
 
     def clip_grad_norm(self, max_norm: float | None = None) -> Tensor | None:
         """Clip the global grad norm of all parameters to max_norm (default: grad_clip_norm).
@@ -238,6 +266,8 @@ def build_optimizer(
     muon_momentum_warmup_start: float = 0.85,
     muon_momentum_warmup_steps: int = 500,
     muon_ns_dtype: str = "auto",
+    muon_wd_taper_start: float | None = None,
+    muon_wd_taper_final_mul: float = 0.5,
     muon: Callable[..., Muon] = Muon,
     scale_shared_grads: bool = False,
     adam_betas: tuple[float, float] = (0.9, 0.95),
@@ -256,6 +286,8 @@ def build_optimizer(
     `scale_shared_grads`: multiply the gradient of each parameter that runs `uses` times per
     forward (depth recurrence; `param_uses` comes from the model) by 1/uses (#537).
     `param_roles`: the model's declared parameter roles, for rules that match by `role`.
+    `muon_wd_taper_start`, `muon_wd_taper_final_mul`: the Muon weight-decay taper (#1729), see OptimizerSet.
+    `adam_betas`, `adam_eps`: of the one AdamW, i.e. of every `adam` rule (embeddings, head, scalars).
     """
     named = list(model_named_params)
     grad_scale = None
@@ -270,6 +302,8 @@ def build_optimizer(
         muon_nesterov=muon_nesterov,
         muon_momentum_warmup_start=muon_momentum_warmup_start,
         muon_momentum_warmup_steps=muon_momentum_warmup_steps,
+        muon_wd_taper_start=muon_wd_taper_start,
+        muon_wd_taper_final_mul=muon_wd_taper_final_mul,
         adam_betas=tuple(adam_betas),
         adam_eps=adam_eps,
         grad_clip_norm=grad_clip_norm,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -71,10 +71,10 @@ class Bank:
 class ParallelMuon(Muon):
     """Muon whose matrices are banked by shape and whose Newton–Schulz work is sharded by rank.
 
-    Takes the same arguments as `Muon`, plus `comm`: "auto" (reduce-scatter/all-gather, falling
-    back to all-reduce where the backend lacks them), "reduce_scatter" (never fall back) or
-    "all_reduce" (always the fallback). Each rank's state holds the momentum of its own slices
-    only, under the bank's first parameter ("bank_momentum").
+    Takes the same arguments as `Muon` (MuonEq-R normalises the rows of each matrix of a bank), plus
+    `comm`: "auto" (reduce-scatter/all-gather, falling back to all-reduce where the backend lacks
+    them), "reduce_scatter" (never fall back) or "all_reduce" (always the fallback). Each rank's
+    state holds the momentum of its own slices only, under the bank's first parameter ("bank_momentum").
     """
 
     syncs_own_grads = True
@@ -88,9 +88,13 @@ class ParallelMuon(Muon):
         nesterov: bool = True,
         weight_decay: float = 0.0,
         ns_dtype: torch.dtype = torch.bfloat16,
+        row_normalize: bool = False,
+        ns_coefficients: Literal["standard", "polar_express"] = "standard",
         comm: str = "auto",
     ) -> None:
-        super().__init__(params, lr, momentum, backend_steps, nesterov, weight_decay, ns_dtype)
+        super().__init__(
+            params, lr, momentum, backend_steps, nesterov, weight_decay, ns_dtype, row_normalize, ns_coefficients
+        )
         if comm not in COMM_MODES:
             raise UserError(f"optimizer.muon.comm={comm!r} is not one of {', '.join(COMM_MODES)}")
         self.comm = comm
@@ -228,8 +232,7 @@ class ParallelMuon(Muon):
         m = group["momentum"]
         buf.mul_(m).add_(g)
         u = g.add(buf, alpha=m) if group["nesterov"] else buf
-        u = self.orthogonalize(u, steps=group["backend_steps"], dtype=group["ns_dtype"])
-        return u * muon_shape_scale(b.params[0])
+        return self._orthogonal_update(u, group) * muon_shape_scale(b.params[0])
 
     def _start_gather(self, b: Bank, upd: Tensor) -> None:
         ws, rank = self._world()

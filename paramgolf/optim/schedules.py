@@ -1,11 +1,13 @@
-"""Learning-rate and momentum schedules as plain functions of (step, elapsed time).
+"""Learning-rate, momentum and weight-decay schedules as plain functions of (step, elapsed time).
 
-Semantics follow the official naive baseline (`lr_mul` and the Muon momentum warm-up).
+Semantics follow the official naive baseline (`lr_mul` and the Muon momentum warm-up) and the
+records (warm-down by a fraction of the wallclock to a MIN_LR floor, #1787; weight-decay taper, #1729).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from paramgolf.errors import UserError
 
@@ -57,6 +59,26 @@ def linear_warmup(step: int, warmup_iters: int) -> float:
     return (step + 1) / warmup_iters
 
 
+def training_fraction(step: int, elapsed_s: float, *, iterations: int, max_wallclock_s: float | None) -> float:
+    """How far training is, in [0, 1]: elapsed / cap under a wallclock cap (the cap the loop stops at,
+    GPTQ's reserve already taken out), else step / iterations. Drives time-based switches (loop layers)."""
+    cap = _cap(max_wallclock_s)
+    if cap is not None:
+        return min(max(elapsed_s / cap, 0.0), 1.0)
+    if iterations <= 0:
+        raise UserError(f"training_fraction: iterations must be > 0 without a wallclock cap, got {iterations}")
+    return min(max(step / iterations, 0.0), 1.0)
+
+
+def wd_taper_scale(frac: float, start: float | None, final_mul: float) -> float:
+    """Weight-decay multiplier at training fraction `frac` (#1729): 1 up to `start`, then linear to
+    `final_mul` at frac 1. `start` None: no taper (always 1)."""
+    if start is None or frac <= start:
+        return 1.0
+    progress = min((frac - start) / (1.0 - start), 1.0)
+    return 1.0 + (final_mul - 1.0) * progress
+
+
 def _cap(max_wallclock_s: float | None) -> float | None:
     return max_wallclock_s if max_wallclock_s is not None and max_wallclock_s > 0 else None
 
@@ -66,11 +88,20 @@ class LRSchedule:
 
     Built by `train.schedule` (Hydra, `_partial_`) and completed by the runner with the run's
     `iterations` and wallclock cap; `scale(step, elapsed_s)` is what every group's lr is
-    multiplied by at that step. `min_scale` is a floor: the multiplier runs from 1 down to it.
+    multiplied by at that step. `min_scale` is a floor, reached in one of two ways (`floor`):
+    "blend" rescales the decay d ∈ [0, 1] to min_scale + (1 − min_scale)·d, so the ramp is gentler
+    and ends at the floor; "clamp" is the records' MIN_LR (#1787, T:3356-3361): max(d, min_scale),
+    the full ramp cut off where it meets the floor.
     """
 
     def __init__(
-        self, *, iterations: int, max_wallclock_s: float | None, warmup_iters: int = 0, min_scale: float = 0.0
+        self,
+        *,
+        iterations: int,
+        max_wallclock_s: float | None,
+        warmup_iters: int = 0,
+        min_scale: float = 0.0,
+        floor: Literal["blend", "clamp"] = "blend",
     ) -> None:
         if iterations < 1:
             raise UserError(f"train.iterations={iterations} must be ≥ 1")
@@ -78,6 +109,9 @@ class LRSchedule:
             raise UserError(f"train.schedule.warmup_iters={warmup_iters} must be ≥ 0")
         if not 0.0 <= min_scale <= 1.0:
             raise UserError(f"train.schedule.min_scale={min_scale} must be in [0, 1]")
+        if floor not in ("blend", "clamp"):
+            raise UserError(f"train.schedule.floor={floor!r} is not one of blend, clamp")
+        self.floor = floor
         self.iterations = iterations
         self.max_wallclock_s = _cap(max_wallclock_s)
         self.warmup_iters = warmup_iters
@@ -89,7 +123,8 @@ class LRSchedule:
 
     def __call__(self, step: int, elapsed_s: float) -> float:
         d = self.decay(step, elapsed_s)
-        return linear_warmup(step, self.warmup_iters) * (self.min_scale + (1.0 - self.min_scale) * d)
+        floored = max(d, self.min_scale) if self.floor == "clamp" else self.min_scale + (1.0 - self.min_scale) * d
+        return linear_warmup(step, self.warmup_iters) * floored
 
 
 class WarmdownSchedule(LRSchedule):
@@ -110,9 +145,14 @@ class WarmdownSchedule(LRSchedule):
         warmdown_iters: int = 1200,
         warmdown_frac: float | None = None,
         min_scale: float = 0.0,
+        floor: Literal["blend", "clamp"] = "blend",
     ) -> None:
         super().__init__(
-            iterations=iterations, max_wallclock_s=max_wallclock_s, warmup_iters=warmup_iters, min_scale=min_scale
+            iterations=iterations,
+            max_wallclock_s=max_wallclock_s,
+            warmup_iters=warmup_iters,
+            min_scale=min_scale,
+            floor=floor,
         )
         if warmdown_iters < 0:
             raise UserError(f"train.schedule.warmdown_iters={warmdown_iters} must be ≥ 0 (0: no warm-down)")

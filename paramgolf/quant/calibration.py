@@ -3,12 +3,15 @@
 `collect_hessians` hooks every `nn.Linear` whose weight is asked for, runs the model over the
 calibration batches and returns H = (1 / num_batches) · Σ XᵀX per weight (X: the layer's inputs
 flattened to [tokens, in_features], fp32), as #1263 does. A layer that runs several times per
-forward (a shared recurrence core) accumulates every call. The batches come from training data
-or from `self_generated_batches`; validation data is refused.
+forward (a shared recurrence core) accumulates every call. A tied embedding is also the output
+head (logits = h · tok_emb.weightᵀ, with h the final norm's output): its H = (1 / num_batches) · Σ hᵀh
+over that output, so it can be GPTQ'd as an output projection (#1394, #1855 T:2114-2143). The
+batches come from training data or from `self_generated_batches`; validation data is refused.
 
 `Calibration` (config `quant.calibration`) owns the whole of it for the runner: the wallclock
-reserve inside the training cap, the batches, the Hessians and the check that training plus
-calibration fits the cap (the challenge counts calibration as training time).
+reserve inside the training cap, the batches, the Hessians and the checks that calibration took
+no longer than its reserve and that training plus calibration fits the cap (the challenge counts
+calibration on training data as training time, F11).
 """
 
 from __future__ import annotations
@@ -43,13 +46,17 @@ class CalibrationData:
 @dataclass
 class CalibrationResult:
     hessians: dict[str, Tensor]  # on the CPU
-    seconds: float
+    seconds: float  # batches, forwards and Hessians, until they are on the CPU
+    reserve_s: float | None = None  # the seconds of the cap kept for it (when there is a cap)
 
     def report(self, train_time_s: float, cap_s: float | None) -> dict[str, Any]:
-        """What results.json says: calibration time, and training + calibration against the cap."""
+        """What results.json says: calibration time against its reserve, training + calibration against the cap."""
         total = train_time_s + self.seconds
         return {
             "calibration_time_s": self.seconds,
+            "calibration_within_reserve": (self.seconds <= self.reserve_s)
+            if cap_s and self.reserve_s is not None
+            else None,
             "train_plus_calibration_s": total,
             "train_plus_calibration_within_cap": (total <= cap_s) if cap_s else None,
         }
@@ -139,9 +146,13 @@ class Calibration:
             device=data.device,
             autocast_dtype=data.autocast_dtype,
         )
+        hessians = {k: v.cpu() for k, v in hessians.items()}  # inside the timer: waits for the device's work
         seconds = time.perf_counter() - t0
-        say(f"gptq calibration: {len(hessians)} matrices from {self.batches} {self.source} batches in {seconds:.1f}s")
-        return CalibrationResult({k: v.cpu() for k, v in hessians.items()}, seconds)
+        say(
+            f"gptq calibration: {len(hessians)} matrices from {self.batches} {self.source} batches in {seconds:.1f}s "
+            f"(reserve {self.reserve_s:.1f}s)"
+        )
+        return CalibrationResult(hessians, seconds, self.reserve_s)
 
 
 @torch.no_grad()
@@ -153,17 +164,20 @@ def collect_hessians(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
-    """{weight name: H [in, in]} for the Linear layers whose weight name is in `param_names` (all if None)."""
-    targets: dict[str, nn.Linear] = {}
+    """{weight name: H [in, in]} for the Linear layers whose weight name is in `param_names` (all if None),
+    and for a tied embedding named there (`tied_head_inputs`)."""
+    targets: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and (param_names is None or f"{name}.weight" in param_names):
             targets[f"{name}.weight"] = module
+    head_inputs = {k: m for k, m in tied_head_inputs(model).items() if param_names is None or k in param_names}
     sums: dict[str, Tensor] = {}
     handles = []
 
-    def hook_for(key: str):
+    def hook_for(key: str, of_output: bool = False):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            a = output if of_output else inputs[0]
+            x = a.detach().float().reshape(-1, a.shape[-1])
             h = x.T @ x
             if key in sums:
                 sums[key] += h
@@ -174,6 +188,8 @@ def collect_hessians(
 
     for key, module in targets.items():
         handles.append(module.register_forward_hook(hook_for(key)))
+    for key, module in head_inputs.items():
+        handles.append(module.register_forward_hook(hook_for(key, of_output=True)))
     was_training = model.training
     model.eval()
     num_batches = 0
@@ -192,10 +208,19 @@ def collect_hessians(
         model.train(was_training)
     if num_batches == 0:
         raise RuntimeError("GPTQ calibration got no batches (quant.calibration.batches must be ≥ 1)")
-    missing = sorted(set(targets) - set(sums))
+    missing = sorted((set(targets) | set(head_inputs)) - set(sums))
     if missing:
         raise RuntimeError(f"GPTQ calibration: layers never ran during the forward: {missing[:5]}")
     return {k: v / num_batches for k, v in sums.items()}
+
+
+def tied_head_inputs(model: nn.Module) -> dict[str, nn.Module]:
+    """{"tok_emb.weight": the final norm} when the model's head is its tied embedding (no `lm_head`):
+    the norm's output is the head's input. Empty for other models."""
+    norm, emb = getattr(model, "final_norm", None), getattr(model, "tok_emb", None)
+    if getattr(model, "lm_head", True) is None and isinstance(norm, nn.Module) and isinstance(emb, nn.Embedding):
+        return {"tok_emb.weight": norm}
+    return {}
 
 
 @torch.no_grad()

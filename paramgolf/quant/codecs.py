@@ -1,4 +1,5 @@
-"""Byte codecs for the artifact payload: zlib, zstd, lzma, 7z (py7zr), brotli and no compression.
+"""Byte codecs for the artifact payload: zlib, zstd, lzma, 7z (py7zr), brotli (optionally after a
+byte shuffle), per-group lrzip/ZPAQ (`paramgolf.quant.pergroup`) and no compression.
 
 Each codec writes a self-describing stream, so `codec_by_name(name)` with default
 settings can decompress whatever any setting of that codec compressed. Decompression
@@ -18,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import zstandard
 
 from paramgolf.errors import UserError
@@ -316,11 +318,15 @@ def _7z_decompress(data: bytes, max_size: int) -> bytes:
 
 
 class Brotli:
-    """Brotli (optional extra: pip install 'paramgolf[brotli]'); quality 0..11, window 2^lgwin."""
+    """Brotli (optional extra: pip install 'paramgolf[brotli]'); quality 0..11, window 2^lgwin.
 
-    name: ClassVar[str] = "brotli"
+    `shuffle` > 1: byte-shuffle with that stride first (`byte_shuffle`, records #1204/#1218), which
+    writes a different stream, recorded as codec "brotli_shuffle": b"BSHF" + stride byte + brotli.
+    """
 
-    def __init__(self, quality: int = 11, lgwin: int = 24) -> None:
+    SHUFFLE_MAGIC = b"BSHF"
+
+    def __init__(self, quality: int = 11, lgwin: int = 24, shuffle: int = 1) -> None:
         try:
             import brotli  # noqa: F401
         except ImportError as e:
@@ -329,22 +335,59 @@ class Brotli:
             raise UserError(f"quant.codec.quality for brotli must be in 0..11, got {quality}")
         if not 10 <= lgwin <= 24:
             raise UserError(f"quant.codec.lgwin for brotli must be in 10..24, got {lgwin}")
-        self.quality, self.lgwin = quality, lgwin
+        if not 1 <= shuffle <= 255:
+            raise UserError(f"quant.codec.shuffle for brotli must be in 1..255 (1: no shuffle), got {shuffle}")
+        self.quality, self.lgwin, self.shuffle = quality, lgwin, shuffle
+        self.name = "brotli" if shuffle == 1 else "brotli_shuffle"
 
     def __repr__(self) -> str:
-        return f"Brotli(quality={self.quality}, lgwin={self.lgwin})"
+        return f"Brotli(quality={self.quality}, lgwin={self.lgwin}" + (
+            f", shuffle={self.shuffle})" if self.shuffle > 1 else ")"
+        )
 
     def compress(self, data: bytes) -> bytes:
         import brotli
 
-        return brotli.compress(bytes(data), quality=self.quality, lgwin=self.lgwin)
+        if self.shuffle == 1:
+            return brotli.compress(bytes(data), quality=self.quality, lgwin=self.lgwin)
+        shuffled = byte_shuffle(data, self.shuffle)
+        head = self.SHUFFLE_MAGIC + bytes([self.shuffle])
+        return head + brotli.compress(shuffled, quality=self.quality, lgwin=self.lgwin)
 
     def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:
         import brotli
 
+        stride = 1
+        if self.shuffle > 1:  # the stream's own stride, whatever this instance's setting
+            head = len(self.SHUFFLE_MAGIC) + 1
+            if len(data) < head or data[: head - 1] != self.SHUFFLE_MAGIC or data[head - 1] < 2:
+                raise ValueError("not a brotli_shuffle stream (no BSHF header with a stride of 2 or more)")
+            stride, data = data[head - 1], data[head:]
         d = brotli.Decompressor()
         first = d.process(data, output_buffer_limit=_CHUNK)  # the rest of the input waits inside `d`
-        return _drain(first, lambda: d.process(b"", output_buffer_limit=_CHUNK), d.is_finished, max_size)
+        out = _drain(first, lambda: d.process(b"", output_buffer_limit=_CHUNK), d.is_finished, max_size)
+        return out if stride == 1 else byte_unshuffle(out, stride)
+
+
+def byte_shuffle(data: bytes, stride: int) -> bytes:
+    """Byte 0 of every `stride`-byte word, then byte 1, ...: data[0::stride] + data[1::stride] + ...
+
+    For int8 codes beside fp16 scales, stride 2 puts the scales' low and high bytes in separate runs.
+    """
+    a = np.frombuffer(data, dtype=np.uint8)
+    return b"".join(a[k::stride].tobytes() for k in range(stride))
+
+
+def byte_unshuffle(data: bytes, stride: int) -> bytes:
+    """The inverse of `byte_shuffle`: lane k holds ceil((n - k) / stride) bytes."""
+    a = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty_like(a)
+    start = 0
+    for k in range(stride):
+        lane = out[k::stride]
+        lane[:] = a[start : start + len(lane)]
+        start += len(lane)
+    return out.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------- isolation
@@ -401,7 +444,23 @@ def run_isolated(fn: Callable[..., bytes], *args, what: str, action: str, hint: 
     raise UserError(text) if status == b"1" else RuntimeError(f"{what} failed {action}: {text}")
 
 
-CODECS: dict[str, type] = {c.name: c for c in (Raw, Zlib, Zstd, Lzma, SevenZip, Brotli)}
+def _pergroup() -> Codec:
+    from paramgolf.quant.pergroup import PerGroup  # it builds on Brotli above
+
+    return PerGroup()
+
+
+# Every name an artifact header may record, and the default-configured codec that reads it.
+CODECS: dict[str, Callable[[], Codec]] = {
+    "raw": Raw,
+    "zlib": Zlib,
+    "zstd": Zstd,
+    "lzma": Lzma,
+    "7z": SevenZip,
+    "brotli": Brotli,
+    "brotli_shuffle": lambda: Brotli(shuffle=2),
+    "pergroup": _pergroup,
+}
 
 
 def codec_by_name(name: str) -> Codec:

@@ -13,7 +13,8 @@ dequantizer (`intn.dequantize_rows`) turns back into the weight the model will u
   by `damp` · mean(diag H), columns are visited in descending diag(H) order (act-order), in
   blocks of `block_size` with a lazy update of the later columns after each block. The scales
   are fixed per row before the sweep, once per clip candidate; like #1263, the candidate with the
-  lowest plain weight MSE ‖W − Q·s‖² is kept.
+  lowest plain weight MSE ‖W − Q·s‖² is kept. With a fixed `scale` (SDClip, #1394/#1855: the
+  step from the row's std, T:2163-2165) there is no search: one sweep on that grid.
 """
 
 from __future__ import annotations
@@ -122,8 +123,11 @@ def gptq_quantize(
     act_order: bool = True,
     quantiles: Sequence[float] = CANDIDATES,
     scale_floor: float | None = None,
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Full GPTQ of W [rows, cols] with input Hessian H [cols, cols]; (codes, fp16 scales, info)."""
+    """Full GPTQ of W [rows, cols] with input Hessian H [cols, cols]; (codes, fp16 scales, info).
+
+    `scale`: fixed stored per-row scales (e.g. `intn.sdclip_scales`) instead of the clip search."""
     assert w.dim() == 2 and H.shape == (w.shape[1], w.shape[1]), (
         f"GPTQ: weight {tuple(w.shape)} needs a Hessian of shape ({w.shape[1]}, {w.shape[1]}), got {tuple(H.shape)}"
     )
@@ -140,15 +144,16 @@ def gptq_quantize(
     inv = torch.argsort(perm)
     U, lam = _inverse_hessian_factor(H[perm][:, perm], damp)
     best = None
-    for p in quantiles:
-        scale = row_scales(_clip(W0, p), bits, scale_floor)  # from the unpermuted weights
-        Q = _gptq_sweep(W[:, perm], U, scale.double(), m, block_size)[:, inv]
-        err = float((W0.double() - Q * scale.double()[:, None]).pow(2).sum())
+    grids = [(None, scale)] if scale is not None else [(p, None) for p in quantiles]
+    for p, s in grids:
+        s = row_scales(_clip(W0, p), bits, scale_floor) if s is None else s  # from the unpermuted weights
+        Q = _gptq_sweep(W[:, perm], U, s.double(), m, block_size)[:, inv]
+        err = float((W0.double() - Q * s.double()[:, None]).pow(2).sum())
         if best is None or err < best[0]:
-            best = (err, p, Q, scale)
+            best = (err, p, Q, s)
     err, p, Q, scale = best
     info = {
-        "quantile": float(p),
+        **({"quantile": float(p)} if p is not None else {"clip": "fixed scale"}),
         "mse": err / max(w.numel(), 1),
         "damp": lam,
         "dead_columns": int(dead.sum()),

@@ -13,6 +13,10 @@ reconstruction q · fp16(scale) carries the scale's rounding error as well.
 The records floor the scale at 1 / qmax (int6: 1/31), which coarsens every row whose clip value
 is below 1; `scale_floor` reproduces that when a preset asks for it (default: no floor).
 
+SDClip (#1394, #1855): the scale comes from the row's spread instead of a clip value,
+scale_r = fp16(k · std(W_r) / qmax) with std the sample standard deviation (n − 1) of the row,
+and q = clamp(round(w / scale_r), -qmax, qmax): no clip search; k trades accuracy for entropy.
+
 Clip quantiles: `abs_quantile_rows` equals torch.quantile(|x|, q, dim=1) bit for bit, without its
 16M-element limit and without sorting whole rows when only the top few values matter.
 """
@@ -55,6 +59,19 @@ def store_scales(s: Tensor, scale_dtype: torch.dtype = torch.float16) -> Tensor:
     # A scale that rounds to 0 (fp16 underflow) would zero its row; use the smallest positive value.
     tiny = torch.finfo(scale_dtype).tiny if scale_dtype.is_floating_point else SCALE_EPS
     return torch.where(stored > 0, stored, torch.tensor(tiny, dtype=scale_dtype))
+
+
+def sdclip_scales_fp32(rows: Tensor, sigmas: float, bits: int, scale_floor: float | None = None) -> Tensor:
+    """SDClip's per-row scale of W [rows, cols] in fp32 (not yet rounded): k · std(row) / qmax.
+
+    std is torch.std's sample deviation (n − 1) of the whole row, as #1855 computes it (T:2163-2164).
+    """
+    return row_scales_fp32(sigmas * row_std(rows), bits, scale_floor)
+
+
+def row_std(rows: Tensor) -> Tensor:
+    """Sample standard deviation (n − 1) of each row of a 2-D tensor (0 for one-column rows)."""
+    return rows.float().std(dim=1) if rows.shape[1] > 1 else rows.new_zeros(rows.shape[0], dtype=torch.float32)
 
 
 def quantize_rows(w: Tensor, scale: Tensor, bits: int) -> Tensor:

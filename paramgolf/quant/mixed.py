@@ -14,7 +14,11 @@ every condition it sets holds: `pattern` (regex searched in the name), `min_nume
   - `search`: GPTQ-lite — the candidate quantile (`clip_candidates`) with the lowest
     reconstruction error, one per tensor (#549, #754, #1185) or per row (`search_per_row`);
   - `gptq`: full GPTQ (#1263) with a Hessian from calibration activations; tensors without a
-    Hessian fall back to `search`.
+    Hessian fall back to `search`;
+  - `sdclip`: SDClip (#1394, #1855), no clip at all: scale = fp16(`clip_sigmas` · std(row) / qmax),
+    q = clamp(round(w / scale), ±qmax).
+  `gptq: true` runs full GPTQ on the rule's fixed grid (rowmax, quantile or sdclip scales) instead
+  of plain rounding (#1855: GPTQ + SDClip); without a Hessian the tensor is plainly rounded.
   `scale_floor` reproduces the records' floor on the scale (1/qmax), off by default.
   `scale_rounding`: `before` (default) rounds the scale to fp16 before quantizing, so the codes
   sit on the stored grid; `after` quantizes with the fp32 scale and stores it rounded to fp16,
@@ -24,6 +28,9 @@ every condition it sets holds: `pattern` (regex searched in the name), `min_nume
   per row, or one fp32 scale for the whole tensor (clip rowmax or quantile over all of |w|).
 
 `conf/quant/quantizer/int8_row.yaml` reproduces the official baseline's export record for record.
+
+`lqer` (`paramgolf.quant.lqer`, #1797/#1855) adds a low-rank correction of the quantization error to
+the `top_k` GPTQ tensors with the largest ‖W − Q·s‖_F, stored on their records.
 
 Non-float tensors are stored exactly. Magnitude pruning (#537 per tensor, #620 global) zeroes
 the smallest `prune_fraction` of |w| in the tensors it covers before quantization.
@@ -45,15 +52,19 @@ from paramgolf.quant.intn import (
     abs_quantile_with_plan,
     qmax,
     quantile_plan,
+    quantize_rows,
     round_trip_rows,
     row_abs_max,
     row_scales_fp32,
+    sdclip_scales_fp32,
+    store_scales,
 )
-from paramgolf.quant.schemes import DTYPES, QuantizedTensor, Quantizer, dequantize_state, dtype_name
+from paramgolf.quant.lqer import LQER, lqer_factors
+from paramgolf.quant.schemes import DEQUANTIZERS, DTYPES, QuantizedTensor, Quantizer, dequantize_state, dtype_name
 
 FLOAT_SCHEMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCHEMES = ("fp32", "fp16", "bf16", "raw", "int")
-CLIPS = ("rowmax", "quantile", "search", "gptq")
+CLIPS = ("rowmax", "quantile", "search", "gptq", "sdclip")
 RECORDS = ("intn_row", "int8_row", "int8_tensor")
 # Name parts of the official baseline's control tensors (INT8_KEEP_FLOAT_FP32_NAME_PATTERNS).
 CONTROL_TENSOR_PATTERNS: tuple[str, ...] = (
@@ -90,6 +101,8 @@ class QuantRule:
     record: str = "intn_row"
     scale_rounding: str = "before"
     role: str | None = None  # condition: the parameter's declared role (control, embedding, matrix, head)
+    clip_sigmas: float | None = None  # clip sdclip: k in scale = k · std(row) / qmax (required there)
+    gptq: bool = False  # full GPTQ on this rule's fixed grid (clip rowmax, quantile or sdclip)
 
     def __post_init__(self) -> None:
         where = f"quant.quantizer.table rule {self.name!r}"
@@ -112,10 +125,24 @@ class QuantRule:
                 raise UserError(
                     f"{where}: scale_rounding={self.scale_rounding!r} is not one of {', '.join(SCALE_ROUNDINGS)}"
                 )
-            plain = self.clip in ("rowmax", "quantile")
+            if (self.clip == "sdclip") != (self.clip_sigmas is not None):
+                raise UserError(f"{where}: clip_sigmas goes with clip=sdclip (k in k·std/qmax), and only there")
+            if self.clip_sigmas is not None and not self.clip_sigmas > 0:
+                raise UserError(f"{where}: clip_sigmas={self.clip_sigmas} must be > 0")
+            if self.gptq and self.clip in ("search", "gptq"):
+                raise UserError(
+                    f"{where}: gptq=true takes a fixed grid (clip rowmax, quantile or sdclip), got "
+                    f"clip={self.clip}; clip=gptq is GPTQ with the clip search"
+                )
+            if self.record == "int8_tensor" and self.clip not in ("rowmax", "quantile"):
+                raise UserError(f"{where}: record=int8_tensor needs clip rowmax or quantile, got clip={self.clip}")
+            plain = self.clip in ("rowmax", "quantile", "sdclip") and not self.gptq
             if not plain and (self.scale_rounding == "after" or self.record == "int8_tensor"):
                 what = "scale_rounding=after" if self.scale_rounding == "after" else "record=int8_tensor"
-                raise UserError(f"{where}: {what} needs plain rounding (clip rowmax or quantile), got clip={self.clip}")
+                raise UserError(
+                    f"{where}: {what} needs plain rounding (clip rowmax, quantile or sdclip without gptq), "
+                    f"got clip={self.clip}, gptq={self.gptq}"
+                )
         if self.dtypes is not None:
             if isinstance(self.dtypes, str) or any(d not in DTYPES for d in self.dtypes):
                 raise UserError(f"{where}: dtypes={self.dtypes!r} must be a list of dtype names from {sorted(DTYPES)}")
@@ -137,8 +164,13 @@ class QuantRule:
         )
 
     @property
+    def runs_gptq(self) -> bool:
+        """Full GPTQ: needs a Hessian from calibration."""
+        return self.scheme == "int" and (self.clip == "gptq" or self.gptq)
+
+    @property
     def label(self) -> str:
-        return f"int{self.bits}/{self.clip}" if self.scheme == "int" else self.scheme
+        return f"int{self.bits}/{self.clip}{'+gptq' if self.gptq else ''}" if self.scheme == "int" else self.scheme
 
 
 def as_quant_rule(r: QuantRule | Mapping[str, Any]) -> QuantRule:
@@ -176,7 +208,9 @@ class MixedQuantizer:
         gptq_block_size: int = 128,
         gptq_damp: float = 0.01,
         gptq_act_order: bool = True,
+        lqer: LQER | None = None,
     ) -> None:
+        """`lqer`: the low-rank error correction of the largest GPTQ errors (rank, top_k, group); None: off."""
         self.table = [as_quant_rule(r) for r in table]
         if not self.table:
             raise UserError("quant.quantizer.table is empty: add rules, ending with a catch-all (no conditions)")
@@ -192,6 +226,7 @@ class MixedQuantizer:
         self.prune_fraction, self.prune_scope = prune_fraction, prune_scope
         self.prune_min_numel, self.prune_ndim = prune_min_numel, prune_ndim
         self.gptq_block_size, self.gptq_damp, self.gptq_act_order = gptq_block_size, gptq_damp, gptq_act_order
+        self.lqer = _as_lqer(lqer)
         self.report = QuantReport()
 
     # ------------------------------------------------------------------ rules
@@ -206,7 +241,7 @@ class MixedQuantizer:
 
     @property
     def needs_hessians(self) -> bool:
-        return any(r.scheme == "int" and r.clip == "gptq" for r in self.table)
+        return any(r.runs_gptq for r in self.table)
 
     def gptq_names(self, state: Mapping[str, Tensor], roles: Mapping[str, str] | None = None) -> set[str]:
         """Tensors whose rule asks for full GPTQ: the calibration collects Hessians for these."""
@@ -214,10 +249,7 @@ class MixedQuantizer:
         return {
             n
             for n, t in state.items()
-            if t.is_floating_point()
-            and t.dim() == 2
-            and (r := self.rule_for(n, t, roles.get(n))).scheme == "int"
-            and r.clip == "gptq"
+            if t.is_floating_point() and t.dim() == 2 and self.rule_for(n, t, roles.get(n)).runs_gptq
         }
 
     def _check_roles(self, roles: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -267,10 +299,37 @@ class MixedQuantizer:
         roles = self._check_roles(roles)
         self.report = QuantReport()
         pruned = self.prune({n: t.detach().to("cpu") for n, t in state_dict.items()})
-        return {
+        qstate = {
             name: self.quantize_tensor(name, t, (hessians or {}).get(name), roles.get(name))
             for name, t in pruned.items()
         }
+        if self.lqer is not None:
+            self.add_lqer(qstate, pruned, roles)
+        return qstate
+
+    def add_lqer(
+        self, qstate: dict[str, QuantizedTensor], weights: Mapping[str, Tensor], roles: Mapping[str, str]
+    ) -> list[str]:
+        """LQER (paramgolf.quant.lqer): attach the low-rank correction to the `top_k` GPTQ tensors (intn_row
+        records) with the largest ‖W − Q·s‖_F, in place; returns their names, largest error first."""
+        lq = self.lqer
+        errors = {}
+        for name, qt in qstate.items():
+            t = weights[name]
+            if qt.scheme == "intn_row" and t.dim() >= 1 and self.rule_for(name, t, roles.get(name)).runs_gptq:
+                errors[name] = float(_residual(t, qt).norm())
+        chosen = sorted(errors, key=lambda n: -errors[n])[: lq.top_k]  # stable: ties keep the state order
+        for name in chosen:
+            qt = qstate[name]
+            E = _residual(weights[name], qt)
+            parts = lqer_factors(E, lq.rank, lq.group)
+            qt.tensors.update(parts)
+            qt.meta.update({"lqer_rank": int(parts["lqer_a"].shape[1]), "lqer_group": lq.group})
+            corrected = float(_residual(weights[name], qt).norm())
+            self.report.info.setdefault(name, {}).update(
+                {"lqer_residual_fro": errors[name], "lqer_corrected_fro": corrected}
+            )
+        return chosen
 
     def quantize_tensor(
         self, name: str, t: Tensor, hessian: Tensor | None = None, role: str | None = None
@@ -307,9 +366,14 @@ class MixedQuantizer:
         self, name: str, rows: Tensor, rule: QuantRule, hessian: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(codes, stored scales, the scales the codes were rounded with)."""
-        if rule.clip == "gptq" and hessian is not None:
+        if (rule.gptq or rule.clip == "gptq") and hessian is not None:
             from paramgolf.quant.gptq import gptq_quantize
 
+            if rule.gptq:  # GPTQ on the grid plain rounding would use (sdclip, rowmax, quantile)
+                grid, method = {"scale": _rtn_rows(rows, rule)[1]}, f"gptq/{rule.clip}"
+            else:  # GPTQ with its own clip search
+                grid = {"quantiles": tuple(rule.clip_candidates), "scale_floor": rule.scale_floor}
+                method = "gptq"
             q, scale, info = gptq_quantize(
                 rows,
                 hessian.float(),
@@ -317,11 +381,12 @@ class MixedQuantizer:
                 block_size=self.gptq_block_size,
                 damp=self.gptq_damp,
                 act_order=self.gptq_act_order,
-                quantiles=tuple(rule.clip_candidates),
-                scale_floor=rule.scale_floor,
+                **grid,
             )
-            self.report.info[name] = {"method": "gptq", **_jsonable(info)}
+            self.report.info[name] = {"method": method, **_jsonable(info)}
             return q, scale, scale
+        if rule.gptq:
+            self.report.info[name] = {"method": f"{rule.clip} (no Hessian for gptq)"}
         if rule.clip in ("search", "gptq"):
             from paramgolf.quant.gptq import clip_search
 
@@ -379,6 +444,11 @@ def _rtn_rows(
     rows: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`rtn_rows` plus the scales the codes were rounded with (fp32 under scale_rounding=after)."""
+    if rule.clip == "sdclip":  # no clipping: the grid's reach is clip_sigmas standard deviations
+        s32 = sdclip_scales_fp32(rows, rule.clip_sigmas, rule.bits, rule.scale_floor)
+        scale = store_scales(s32)
+        grid = scale if rule.scale_rounding == "before" else s32
+        return quantize_rows(rows, grid, rule.bits), scale, grid
     if rule.clip == "rowmax":
         clip = row_abs_max(rows)
     else:
@@ -407,6 +477,21 @@ def rtn_tensor(t: Tensor, rule: QuantRule, plan: tuple[int, int, float] | None =
     m = qmax(rule.bits)
     q = torch.clamp(torch.round(torch.clamp(t.float(), -clip, clip) / scale), -m, m).to(torch.int8)
     return q.contiguous(), scale
+
+
+def _residual(t: Tensor, qt: QuantizedTensor) -> Tensor:
+    """W − (what the record restores) as [rows, cols] fp32, before the cast to the tensor's dtype."""
+    rows = t.float().reshape(t.shape[0], -1)
+    return rows - DEQUANTIZERS[qt.scheme](qt).float().reshape(rows.shape)
+
+
+def _as_lqer(lqer: LQER | Mapping[str, int] | None) -> LQER | None:
+    if lqer is None or isinstance(lqer, LQER):
+        return lqer
+    unknown = sorted(set(lqer) - set(LQER.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"quant.quantizer.lqer: unknown key(s) {unknown}; known: {sorted(LQER.__dataclass_fields__)}")
+    return LQER(**dict(lqer))
 
 
 def _count_clipped(rows: Tensor, q: Tensor, scale: Tensor) -> int:
@@ -457,7 +542,7 @@ def pack_state(qstate: Mapping[str, QuantizedTensor]) -> dict[str, QuantizedTens
                 "intn_row_packed",
                 qt.shape,
                 qt.dtype,
-                {"packed": pack_codes(qt.tensors["q"], bits), "scale": qt.tensors["scale"]},
+                {"packed": pack_codes(qt.tensors["q"], bits), **{k: v for k, v in qt.tensors.items() if k != "q"}},
                 dict(qt.meta),
             )
         else:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from paramgolf.errors import UserError
 from paramgolf.quant.intn import qmax
+from paramgolf.quant.lqer import lqer_correction
 from paramgolf.quant.pack import unpack_codes
 
 MetaValue = float | int | str
@@ -145,7 +146,7 @@ def _dequant_intn_row(qt: QuantizedTensor) -> Tensor:
         raise UserError(f"intn_row: scale shape {tuple(scale.shape)} does not match q shape {tuple(q.shape)}")
     if q.numel() and int(q.abs().max()) > qmax(bits):
         raise UserError(f"intn_row: a code exceeds the {bits}-bit range ±{qmax(bits)}")
-    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(qt.shape)
+    return _with_lqer(qt, q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(qt.shape)
 
 
 def _dequant_intn_row_packed(qt: QuantizedTensor) -> Tensor:
@@ -153,7 +154,14 @@ def _dequant_intn_row_packed(qt: QuantizedTensor) -> Tensor:
     packed, scale = _part(qt, "packed"), _part(qt, "scale")
     bits, rows = int(qt.meta.get("bits", 8)), scale.shape[0]
     q = unpack_codes(packed, bits, qt.numel).reshape(rows, -1)
-    return (q.float() * scale.float()[:, None]).reshape(qt.shape)
+    return _with_lqer(qt, q.float() * scale.float()[:, None]).reshape(qt.shape)
+
+
+def _with_lqer(qt: QuantizedTensor, w: Tensor) -> Tensor:
+    # intn_row records may carry LQER's low-rank correction (paramgolf.quant.lqer), declared by `lqer_rank`.
+    if "lqer_rank" not in qt.meta:
+        return w
+    return w + lqer_correction(qt.tensors, w.shape[0], w.shape[1], int(qt.meta.get("lqer_group", 0)))
 
 
 def _stored_as_is(qt: QuantizedTensor) -> Tensor:
@@ -166,7 +174,7 @@ def _stored_as_is(qt: QuantizedTensor) -> Tensor:
 DEQUANTIZERS: dict[str, Dequantizer] = {
     "int8_row": _dequant_int8_row,  # the official baseline's per-row int8 (paramgolf.quant.mixed, record: int8_row)
     "int8_tensor": _dequant_int8_tensor,  # ... and its one-scale-per-tensor int8 (record: int8_tensor)
-    "intn_row": _dequant_intn_row,  # per-row codes at 2..8 bits, fp16 scale per row (record: intn_row)
+    "intn_row": _dequant_intn_row,  # per-row codes at 2..8 bits, fp16 scale per row, + LQER (record: intn_row)
     "intn_row_packed": _dequant_intn_row_packed,  # intn_row with bit-packed codes (mixed.pack_state)
     "fp16": _stored_as_is,
     "bf16": _stored_as_is,

@@ -98,23 +98,37 @@ def shutdown_distributed(*, barrier: bool | None = None) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
-    """Average gradients over ranks with one flat all-reduce per dtype (explicit, not DDP)."""
+GROUPED_MAX_NUMEL = 1 << 15  # 32,768: the largest gradient a grouped all-reduce packs (#1530)
+
+
+def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int, grouped: bool = False) -> None:
+    """Average gradients over ranks (explicit, not DDP): one flat all-reduce per (device, dtype).
+
+    `grouped` (#1530): only gradients of at most GROUPED_MAX_NUMEL elements share one flat buffer per
+    (device, dtype); each larger one is all-reduced in place on its own (asynchronously, while the small
+    ones are packed), so the big tensors (the embedding) are never copied. Elementwise the same sums.
+    """
     if world_size <= 1:
         return
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is not None:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
+    grads = [p.grad for p in params if p.grad is not None]
+    alone = [g for g in grads if g.numel() > GROUPED_MAX_NUMEL and g.is_contiguous()] if grouped else []
+    handles = [dist.all_reduce(g, op=dist.ReduceOp.SUM, async_op=True) for g in alone]
+    packed = [g for g in grads if all(g is not a for a in alone)]
+    buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in packed:
+        buckets.setdefault((g.device, g.dtype), []).append(g)
+    for bucket in buckets.values():
+        flat = torch.cat([g.reshape(-1) for g in bucket])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world_size)
         offset = 0
-        for g in grads:
+        for g in bucket:
             n = g.numel()
             g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
+    for handle, g in zip(handles, alone, strict=True):
+        handle.wait()
+        g.div_(world_size)
 
 
 def all_reduce_scalar(value: float, device: torch.device, op: str = "sum") -> float:

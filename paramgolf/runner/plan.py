@@ -17,6 +17,7 @@ from torch import nn
 
 from paramgolf.errors import UserError
 from paramgolf.evaluation.stream import check_methods
+from paramgolf.model.init import record_init_
 from paramgolf.quant.calibration import CalibrationData
 from paramgolf.quant.qat import LateQAT
 from paramgolf.quant.recipe import ExportRecipe
@@ -46,6 +47,7 @@ class Training:
 
     optimizer: Callable[..., Any]  # (named_params, param_uses=, param_roles=) -> OptimizerSet
     loop: LoopSettings  # its wallclock cap may keep some seconds for GPTQ calibration
+    loader: Callable[..., Any]  # (files, rank, world_size, seed=) -> the training batch loader
     averaging: Any
     qat: LateQAT | None  # None: no QAT
     quantizer: Any  # what QAT fake-quantizes with (the export's)
@@ -119,6 +121,8 @@ def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
         val_every=t["val_every"],
         log_every=t["log_every"],
         lr_schedule=schedule,
+        softcapped_ce=instantiate_unwrapped(t["fused_ce"]),
+        grouped_allreduce=t["grouped_allreduce"],
     )
 
 
@@ -141,12 +145,14 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
     t, q = c["train"], c["quant"]
     loop = loop_settings(t)
     micro_batch_plan(loop, world_size)
+    loader = instantiate_unwrapped(t["loader"])
     if c["budget_bytes"] <= 0:
         raise UserError(f"budget_bytes={c['budget_bytes']} must be positive")
     evaluator = instantiate_unwrapped(c["eval"])
     evaluator.bind(t["seq_len"])
     torch.manual_seed(c["seed"])
     model = build_model(c["arch"])
+    record_init_(model, c["arch"], c["seed"])  # arch.init_order: a record's draw order from the seed
     optimizer = instantiate_unwrapped(c["optimizer"])
     dry_run_optimizer(optimizer, model)
     cap = loop.max_wallclock_seconds
@@ -160,6 +166,8 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
     )
     qat = LateQAT.plan(export.quantizer, **q["qat"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
     loop.max_wallclock_seconds = export.training_cap(cap)
+    if loop.max_wallclock_seconds != cap:  # the schedule runs to where training stops (the records' frac)
+        loop.lr_schedule = lr_schedule_for({**t, "max_wallclock_seconds": loop.max_wallclock_seconds})
     reserved = cap - loop.max_wallclock_seconds if cap and loop.max_wallclock_seconds != cap else None
     runtime = Runtime(
         device=t["device"],
@@ -183,7 +191,7 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         model=model,
         vocab_size=c["arch"]["vocab_size"],
         runtime=runtime,
-        training=Training(optimizer, loop, averaging, qat, export.quantizer, calibration_reserve_s=reserved),
+        training=Training(optimizer, loop, loader, averaging, qat, export.quantizer, calibration_reserve_s=reserved),
         export=export,
         scoring=Scoring(
             evaluator,

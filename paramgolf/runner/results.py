@@ -91,6 +91,7 @@ class AveragingInfo:
 class ExportInfo:
     quant: dict[str, Any]  # packing, per-group bits and bytes, timings
     calibration_time_s: float | None = None
+    calibration_within_reserve: bool | None = None  # calibration_time_s <= quant.calibration.reserve_s
     train_plus_calibration_s: float | None = None
     train_plus_calibration_within_cap: bool | None = None
 

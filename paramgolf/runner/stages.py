@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from paramgolf.config.candidate import group_tags, saved_groups
-from paramgolf.data.byte_table import build_byte_table
 from paramgolf.data.dataset import DatasetInfo, check_token_ids, check_vocab
-from paramgolf.data.loader import DistributedTokenLoader
-from paramgolf.data.tokenizer import file_sha256, files_sha256, load_tokenizer
+from paramgolf.data.tokenizer import file_sha256, files_sha256
 from paramgolf.evaluation import compliance
 from paramgolf.evaluation.bpb import EvalResult
 from paramgolf.evaluation.legality import check_legality
 from paramgolf.evaluation.stream import StreamScores, run_stream, stream_chunk_tokens
 from paramgolf.fsio import write_atomic
+from paramgolf.model.loop import LoopSwitch, loop_switch
 from paramgolf.model.training import artifact_view
+from paramgolf.optim.schedules import training_fraction
 from paramgolf.quant.artifact import read_artifact
 from paramgolf.quant.recipe import CalibrationData, ExportRecipe
 from paramgolf.runner import checkpoint as ckpt
@@ -48,7 +48,7 @@ from paramgolf.runner.results import (
     TrainInfo,
     git_commit,
 )
-from paramgolf.runner.train_loop import StepInfo, Trainer, TrainSummary
+from paramgolf.runner.train_loop import LoopSettings, StepInfo, Trainer, TrainSummary
 from paramgolf.tracking.base import Logger, NullLogger
 from paramgolf.tracking.jsonl import MetricsJSONL, read_metrics
 from paramgolf.tracking.progress import TrainProgress, format_summary
@@ -172,7 +172,7 @@ def load_data(source: Any, evaluator: Any, vocab_size: int, device: torch.device
     """Resolve the data source, check it against the model's vocabulary, load the validation split once."""
     ds = source.resolve()
     check_vocab(ds, vocab_size)
-    byte_table = build_byte_table(load_tokenizer(ds.tokenizer_path), table_size=vocab_size)
+    byte_table = ds.byte_table(vocab_size)  # the sidecar's original-byte counts when the data has one
     split = ds.validation_tokens(1)
     check_token_ids(ds, split, vocab_size)
     val = Validation(
@@ -314,6 +314,17 @@ class _AveragingHook:
         self.averaging.load_state_dict(state)
 
 
+def loop_hook(model: nn.Module, loop: LoopSettings, say: Callable[[str], None]) -> LoopSwitch | None:
+    """The loop layers' switch (None without arch.loop), on by the fraction of this loop's cap or iterations."""
+
+    def fraction(step: int, elapsed_s: float) -> float:
+        return training_fraction(
+            step, elapsed_s, iterations=loop.iterations, max_wallclock_s=loop.max_wallclock_seconds
+        )
+
+    return loop_switch(model, fraction, say)
+
+
 def train(
     placed: PlacedModel,
     training: Training,
@@ -351,12 +362,13 @@ def train(
     checkpointer = None
     if run_dir is not None and runtime.checkpoint.enabled:
         checkpointer = ckpt.Checkpointer(run_dir, runtime.checkpoint, env, config, out.say)
-    hooks = ([qat] if qat is not None else []) + [_AveragingHook(averaging, model)]
+    looping = loop_hook(model, loop, out.say)
+    hooks = [h for h in (qat, looping) if h is not None] + [_AveragingHook(averaging, model)]
     trainer = Trainer(
         model,
         placed.train_model,
         optimizers,
-        lambda: DistributedTokenLoader(train_files, env.rank, env.world_size, seed=runtime.loader_seed),
+        lambda: training.loader(train_files, env.rank, env.world_size, seed=runtime.loader_seed),
         loop,
         env,
         placed.autocast_dtype,
@@ -406,6 +418,8 @@ def train(
     if qat is not None:
         qat.disable()  # evaluation and export see the fp32 weights; the artifact holds their rounding
         info.qat = {"enabled_at_step": qat.enabled_at, "layers": len(qat.layers), "start_lr_scale": qat.start_lr_scale}
+    if looping is not None:
+        looping.finish()  # evaluation sees the looped model, as the artifact's rebuild does
     out.say(
         f"trained {summary.steps} steps in {summary.train_time_s:.1f}s ({summary.stopped_by}), "
         f"{summary.tokens_per_s:,.0f} tok/s, last loss {summary.last_loss:.4f}"

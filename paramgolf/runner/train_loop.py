@@ -19,6 +19,7 @@ from torch import nn
 
 from paramgolf.errors import UserError
 from paramgolf.model.training import training_loss
+from paramgolf.optim.schedules import training_fraction
 from paramgolf.runner.distributed import DistEnv, all_reduce_gradients, all_reduce_scalar
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class StepInfo:
 
 class TrainHook(Protocol):
     """A hook with state (weight averaging, late QAT) also has `state_dict()` / `load_state_dict(state)`,
-    which checkpoints save and restore."""
+    which checkpoints save and restore; one that switches the model later (loop layers) may have
+    `warm_up_phases()`: context managers the compile warm-up repeats its steps under."""
 
     def on_step_start(self, step: int, elapsed_s: float, lr_scale: float) -> None: ...
     def on_step_end(self, info: StepInfo) -> None: ...
@@ -56,6 +58,8 @@ class LoopSettings:
     val_every: int
     log_every: int
     lr_schedule: Callable[[int, float], float] = lambda step, elapsed_s: 1.0  # (step, elapsed s) -> LR scale
+    softcapped_ce: Callable | None = None  # train.fused_ce: a CE that applies the softcap itself (training_loss)
+    grouped_allreduce: bool = False  # train.grouped_allreduce (all_reduce_gradients)
 
 
 @dataclass
@@ -124,24 +128,32 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.env.device.type, dtype=self.autocast_dtype)
 
-    def _step(self, loader, lr_scale: float, momentum: float) -> torch.Tensor:
+    def _step(self, loader, lr_scale: float, momentum: float, wd_scale: float = 1.0) -> torch.Tensor:
         """One optimizer step over the global batch; returns this rank's mean loss (a device tensor)."""
         self.opt.zero_grad()
         total = torch.zeros((), device=self.env.device, dtype=torch.float64)
         for _ in range(self.per_rank_micro):
-            x, y = loader.next_batch(self.micro_tokens, self.s.seq_len)
+            # A loader may add the model's keyword arguments (the packing loader: cu_seqlens, max_seqlen).
+            x, y, *extra = loader.next_batch(self.micro_tokens, self.s.seq_len)
             x = x.to(self.env.device, non_blocking=True)
             y = y.to(self.env.device, non_blocking=True)
+            model_kwargs = {
+                k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in (extra[0] if extra else {}).items()
+            }
             with self._autocast():
-                loss = training_loss(self.model, self.train_model, x, y)
+                loss = training_loss(
+                    self.model, self.train_model, x, y, softcapped_ce=self.s.softcapped_ce, **model_kwargs
+                )
             (loss / self.per_rank_micro).backward()
             total += loss.detach().double()
         begin = getattr(self.opt, "begin_step", None)
         if begin is not None:
             begin()  # shared-grad scaling; Parallel Muon launches its reduce-scatters here
-        all_reduce_gradients(self.sync_params, self.env.world_size)  # the explicit sync step
+        all_reduce_gradients(self.sync_params, self.env.world_size, self.s.grouped_allreduce)  # the explicit sync step
         self.opt.set_lr_scale(lr_scale)
         self.opt.set_muon_momentum(momentum)
+        self.opt.set_muon_wd_scale(wd_scale)  # Muon weight-decay taper (1 without one)
         self.opt.clip_grad_norm()
         self.opt.step()
         return total / self.per_rank_micro
@@ -157,8 +169,12 @@ class Trainer:
         model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         opt_state = copy.deepcopy(self.opt.state_dict())
         loader = self.make_loader()
-        for _ in range(self.s.warmup_steps):
-            self._step(loader, 1.0, self.opt.momentum_at(0))
+        # A hook may name model states that training switches to later (loop layers): prime those too.
+        phases = [nullcontext()] + [p for h in self.hooks for p in getattr(h, "warm_up_phases", list)()]
+        for phase in phases:
+            with phase:
+                for _ in range(self.s.warmup_steps):
+                    self._step(loader, 1.0, self.opt.momentum_at(0))
         self.model.load_state_dict(model_state)
         self.opt.load_state_dict(opt_state)
         self.opt.zero_grad()
@@ -190,9 +206,11 @@ class Trainer:
             now = elapsed + (time.perf_counter() - t0)
             lr_scale = s.lr_schedule(step, now)
             momentum = self.opt.momentum_at(step)
+            frac = training_fraction(step, now, iterations=s.iterations, max_wallclock_s=cap)
+            wd_scale = self.opt.muon_wd_scale_at(frac)
             for h in self.hooks:
                 h.on_step_start(step, now, lr_scale)
-            local_loss = self._step(loader, lr_scale, momentum)
+            local_loss = self._step(loader, lr_scale, momentum, wd_scale)
             step += 1
             elapsed_now = elapsed + (time.perf_counter() - t0)  # no device sync, like the official loop
             # Every rank must agree on stopping, so the cap decision is reduced with MAX.

@@ -105,7 +105,7 @@ def test_config_mistakes_are_one_line_exit_2_and_leave_no_run_dir(tmp_path, args
 def test_help_lists_options_but_not_internal_schemas(tmp_path):
     proc = _train(tmp_path, "--help")
     assert proc.returncode == 0
-    assert "quant/codec: 7z, brotli, lzma, zlib, zstd" in proc.stdout
+    assert "quant/codec: 7z, brotli, brotli_shuffle, lzma, pergroup, zlib, zstd" in proc.stdout
     assert "experiment: baseline," in proc.stdout and "_schema" not in proc.stdout
     missing = _train(tmp_path, "eval=slidng")
     assert missing.returncode == 2 and "options: sliding, standard" in missing.stderr

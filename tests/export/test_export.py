@@ -80,9 +80,12 @@ def test_the_script_holds_only_the_code_its_configuration_runs():
         assert absent not in smoke, absent
     assert {"paramgolf.optim.parallel_muon", "paramgolf.quant.gptq", "paramgolf.evaluation.score_first"} <= set(pr549)
     assert "paramgolf.evaluation.ngram" in module_sources(_config("experiment=smoke", "eval_cache=ngram"))
-    # Within a kept module only what is reached: the stages module gives the averaging hook, nothing else.
+    # Within a kept module only what is reached: the stages module gives the loop and averaging hooks, nothing else.
     stages = ast.parse(smoke["paramgolf.runner.stages"])
-    assert [n.name for n in stages.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))] == ["_AveragingHook"]
+    assert [n.name for n in stages.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))] == [
+        "_AveragingHook",
+        "loop_hook",
+    ]
     for name, src in pr549.items():
         tree = ast.parse(src)
         for node in ast.walk(tree):

@@ -23,13 +23,15 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 # Today's control regexes, copied from conf/optimizer/muon_adamw_wd.yaml (rule `scalars`) and
 # conf/quant/quantizer/int6_rtn.yaml (rule `control`).
-OPTIMIZER_SCALARS = r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight|smear|bigram\.|ve\.|attn_gate|vr_lambda"
+OPTIMIZER_SCALARS = (
+    r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight|skip_gate|smear|bigram\.|ve\.|attn_gate|vr_lambda|parallel\."
+)
 QUANT_CONTROL = r"attn_scale|mlp_scale|resid_mix|q_gain|skip_weight"
 EMBEDDINGS = r"^(tok_emb|bigram\.embed|ve\.shared\.embed)\."  # muon_adamw_wd.yaml, rule `embeddings`
 
 # The optimizer rules (by the names the presets give them) a parameter of each role belongs in.
 RULES_FOR_ROLE = {
-    "embedding": {"embeddings", "tied_embed"},
+    "embedding": {"embeddings", "tied_embed", "tok_emb"},
     "head": {"head"},
     "matrix": {"matrices"},
     "control": {"scalars", "vectors"},
@@ -54,11 +56,12 @@ KNOWN_DISAGREEMENTS = [
         "an explicit rule sends the 2-D VE projection to AdamW, as the records do",
     ),
     (
-        ("pr620",),
+        ("pr620", "pr1667"),
         r"^(bigram|smear)\.",
         None,
         "frozen",
-        "PR #620 never optimised BigramHash/SmearGate: a deliberate `optimizer: none` rule",
+        "PR #620 never optimised BigramHash/SmearGate, nor #1667 its SmearGate (docs/records/pr1667.md): "
+        "a deliberate `optimizer: none` rule",
     ),
     (
         ("pr1185",),
@@ -159,13 +162,17 @@ def test_roles_agree_with_each_presets_optimizer_rules(presets):
 
 
 def test_control_parameters_are_never_integer_quantized(presets):
-    """Every preset's quantizer table keeps the control parameters as floats (fp32 or fp16)."""
+    """Every preset's quantizer table keeps the control parameters as floats (fp32 or fp16), but for the
+    gate weights that QuantGate (#1736, the `quant_gate` rule) stores as int8 per row."""
     for preset, (cfg, model, roles) in presets.items():
         table = [as_quant_rule(r) for r in cfg["quant"]["quantizer"]["table"]]
         for name, p in model.named_parameters():
             if roles[name] != "control":
                 continue
             rule = next(r for r in table if r.matches(name, p))
+            if rule.name == "quant_gate":
+                assert rule.bits == 8 and name.endswith("attn_gate_w"), (preset, name)
+                continue
             assert rule.scheme != "int", (preset, name, rule.name)
 
 

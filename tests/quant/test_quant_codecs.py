@@ -93,7 +93,7 @@ def test_redundant_data_shrinks(name):
 
 
 def test_names_and_errors():
-    assert sorted(CODECS) == ["7z", "brotli", "lzma", "raw", "zlib", "zstd"]
+    assert sorted(CODECS) == ["7z", "brotli", "brotli_shuffle", "lzma", "pergroup", "raw", "zlib", "zstd"]
     with pytest.raises(ValueError, match="unknown codec 'lz4'"):
         codec_by_name("lz4")
     for bad in (lambda: Zlib(10), lambda: Zstd(0), lambda: Zstd(23), lambda: Lzma(10), lambda: Lzma(lc=9)):
