@@ -81,10 +81,9 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
     t, q, out_dir = c["train"], c["quant"], Path(out_dir)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     # The components, in the order paramgolf's run plan builds them (the model's seed comes first).
-    schedule = build(t["schedule"])(iterations=t["iterations"], max_wallclock_s=t["max_wallclock_seconds"])
     cap = t["max_wallclock_seconds"]
     keys = ("iterations", "batch_tokens", "seq_len", "micro_batches", "warmup_steps", "val_every", "log_every")
-    loop = LoopSettings(**{k: t[k] for k in keys}, max_wallclock_seconds=cap, lr_schedule=schedule)
+    loop = LoopSettings(**{k: t[k] for k in keys}, max_wallclock_seconds=cap)
     loop.softcapped_ce, loop.grouped_allreduce = build(t["fused_ce"]), t["grouped_allreduce"]
     evaluator = build(c["eval"])
     evaluator.bind(t["seq_len"])
@@ -95,10 +94,10 @@ def main(c: dict[str, Any], out_dir: str | Path = ".", script: str | None = None
     recipe = ExportRecipe(
         build(q["quantizer"]), build(q["codec"]), q["packing"], build(q["calibration"]), c["arch"], cap
     )
-    qat = LateQAT.plan(recipe.quantizer, **q["qat"], after_step=getattr(schedule, "warmup_iters", 0))
     loop.max_wallclock_seconds = recipe.training_cap(cap)
-    if loop.max_wallclock_seconds != cap:  # the schedule runs to where training stops
-        loop.lr_schedule = build(t["schedule"])(iterations=t["iterations"], max_wallclock_s=loop.max_wallclock_seconds)
+    schedule = build(t["schedule"])(iterations=t["iterations"], max_wallclock_s=loop.max_wallclock_seconds)
+    loop.lr_schedule = schedule  # to where training stops (GPTQ's reserve taken out)
+    qat = LateQAT.plan(recipe.quantizer, **q["qat"], after_step=getattr(schedule, "warmup_iters", 0))
     loader = build(t["loader"])
     averaging = build(t["averaging"])
     if averaging.selects_on_validation:

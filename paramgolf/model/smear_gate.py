@@ -35,9 +35,10 @@ class InputSmearGate(nn.Module):
     """x_t ← x_t + λ·σ(w · x_t[:window]) · x_{t−1} for t ≥ 1, on the raw embedding (w = 0, λ = 0: identity at init).
 
     With `bos_mask` (the default, #1855 T:1330-1338) a position holding `bos_id` takes nothing
-    from its predecessor. Without it (#1667, #1797 before its fix) the last token of document N
-    leaks into the BOS of document N+1 in a packed stream: that breaks document independence
-    (and Issue #1017's causality across documents); #1797 measured a 0.00255 BPB favourable bias.
+    from its predecessor. Without it (the form of #1667, where the gate never trained, and of #1797
+    before its fix) the last token of document N leaks into the BOS of document N+1 in a packed
+    stream: that breaks document independence (and Issue #1017's causality across documents);
+    #1797 measured a 0.00255 BPB favourable bias.
     """
 
     before_norm = True  # GPT applies it to the raw token embedding, with the token ids

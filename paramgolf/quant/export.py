@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from paramgolf.errors import UserError
-from paramgolf.quant.artifact import pack_artifact
+from paramgolf.quant.artifact import _split_frame, pack_artifact
 from paramgolf.quant.schemes import QuantizedTensor
 
 PACKINGS = ("auto", "int8", "bits")
@@ -39,6 +39,9 @@ def _raw_bytes(t: Tensor) -> bytes:
 
 
 def group_stats(quantizer, qstate: Mapping[str, QuantizedTensor], codec) -> dict[str, dict[str, Any]]:
+    """Per quantizer group: tensors, params, stored bytes, schemes, and `compressed_bytes`, the codec on
+    the group's bytes alone (pergroup routes whole payloads only, so there it is its brotli; its own
+    per-stream sizes are the report's `codec_streams`)."""
     groups: dict[str, dict[str, Any]] = {}
     parts: dict[str, list[bytes]] = {}
     for name, qt in qstate.items():
@@ -100,6 +103,9 @@ def build_artifact(
         report["clipped_elements"] = sum(getattr(rep, "clipped", {}).values())
         if rep.info:
             report["tensor_info"] = rep.info
+    sizes = getattr(codec, "stream_sizes", None)  # a codec that splits the payload itself (pergroup)
+    if sizes is not None:
+        report["codec_streams"] = sizes(_split_frame(blobs[chosen], "<export>")[2])
     if stats:
         report["groups"] = group_stats(quantizer, qstate, codec)
     return blobs[chosen], report

@@ -195,6 +195,14 @@ class PerGroup:
                 raise RuntimeError(f"{' '.join(cmd[:1] + list(flags))} failed (exit {proc.returncode}): {tail}")
             return dst.read_bytes()
 
+    def stream_sizes(self, data: bytes) -> dict[str, dict[str, int]]:
+        """Raw and stored bytes of each stream of a pergroup container: the manifest, the brotli'd
+        rest, the row permutations, then each lrzip group by name (the export report's `codec_streams`)."""
+        streams = _split(bytes(data))
+        head = self._rest.decompress(streams[0][2], streams[0][1])
+        names = ["manifest", "rest", "permutations"] + [g["group"] for g in json.loads(head)["groups"]]
+        return {n: {"raw": raw, "stored": len(stored)} for n, (_, raw, stored) in zip(names, streams)}
+
     # ----------------------------------------------------------------------------------- decompress
 
     def decompress(self, data: bytes, max_size: int = MAX_PAYLOAD_BYTES) -> bytes:

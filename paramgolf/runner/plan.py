@@ -102,7 +102,8 @@ def lr_schedule_for(train: Mapping[str, Any]) -> Callable[[int, float], float]:
 
 
 def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
-    """The train loop's settings from the `train` config, with its LR schedule built."""
+    """The train loop's settings from the `train` config; the run plan adds the LR schedule once it
+    knows the cap training stops at (GPTQ's reserve taken out)."""
     t = train
     for key in ("iterations", "batch_tokens", "seq_len", "micro_batches", "nproc_per_node"):
         if t[key] < 1:
@@ -110,7 +111,6 @@ def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
     cap = t["max_wallclock_seconds"]
     if cap is not None and cap < 0:
         raise UserError(f"train.max_wallclock_seconds={cap} must be ≥ 0 (0 or null: no cap)")
-    schedule = lr_schedule_for(t)
     return LoopSettings(
         iterations=t["iterations"],
         batch_tokens=t["batch_tokens"],
@@ -120,7 +120,6 @@ def loop_settings(train: Mapping[str, Any]) -> LoopSettings:
         max_wallclock_seconds=cap,
         val_every=t["val_every"],
         log_every=t["log_every"],
-        lr_schedule=schedule,
         softcapped_ce=instantiate_unwrapped(t["fused_ce"]),
         grouped_allreduce=t["grouped_allreduce"],
     )
@@ -164,10 +163,10 @@ def build_plan(c: Mapping[str, Any], world_size: int) -> RunPlan:
         arch=c["arch"],
         wallclock_cap_s=cap,
     )
-    qat = LateQAT.plan(export.quantizer, **q["qat"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
     loop.max_wallclock_seconds = export.training_cap(cap)
-    if loop.max_wallclock_seconds != cap:  # the schedule runs to where training stops (the records' frac)
-        loop.lr_schedule = lr_schedule_for({**t, "max_wallclock_seconds": loop.max_wallclock_seconds})
+    # The schedule runs to where training stops, as the records' training fraction does.
+    loop.lr_schedule = lr_schedule_for({**t, "max_wallclock_seconds": loop.max_wallclock_seconds})
+    qat = LateQAT.plan(export.quantizer, **q["qat"], after_step=getattr(loop.lr_schedule, "warmup_iters", 0))
     reserved = cap - loop.max_wallclock_seconds if cap and loop.max_wallclock_seconds != cap else None
     runtime = Runtime(
         device=t["device"],

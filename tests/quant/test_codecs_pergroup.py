@@ -174,3 +174,28 @@ def test_the_budget_estimates_with_it(lrzip):
     overrides = ["experiment=smoke", "quant/codec=pergroup", "arch.num_layers=2", "arch.model_dim=64"]
     report = budget_report(to_container(compose(overrides)))
     assert report["codec"] == "PerGroup" and report["estimated_model_bytes"] > 0
+
+
+def test_the_export_report_gives_each_streams_bytes(lrzip):
+    """codec_streams: one entry per stream of the container, whose stored bytes make up the payload."""
+    from paramgolf.config.compose import compose
+    from paramgolf.quant.artifact import _split_frame
+    from paramgolf.quant.export import build_artifact
+    from paramgolf.runner.build import instantiate_unwrapped
+
+    quantizer = instantiate_unwrapped(compose(["experiment=smoke", "quant=pr1855"]).quant.quantizer)
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "tok_emb.weight": torch.randn(256, 128, generator=g) * 0.05,
+        "blocks.0.attn.c_q.weight": torch.randn(128, 128, generator=g) * 0.05,
+        "blocks.0.mlp.fc.weight": torch.randn(256, 128, generator=g) * 0.05,
+        "blocks.0.attn_scale": torch.ones(128),
+    }
+    blob, report = build_artifact(quantizer, PerGroup(level=1), state, {}, {})
+    streams = report["codec_streams"]
+    assert list(streams)[:3] == ["manifest", "rest", "permutations"]
+    assert {"tok_emb", "attn.c_q", "mlp.fc"} <= set(streams)
+    assert streams["tok_emb"]["raw"] == 256 * 128  # int8 codes, one byte each
+    payload = _split_frame(blob, "test")[2]
+    header = len(payload) - sum(s["stored"] for s in streams.values())
+    assert 0 < header <= 16 + 17 * len(streams)  # the container's table only
