@@ -30,22 +30,29 @@ def _isolate_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+def apt_install_or_skip(package: str, flag: str) -> None:
+    """Install Debian's `package` when the environment variable `flag` is 1 (CI): as root, each apt-get
+    step capped at 300 s; skip the test, with the reason, when that cannot be done."""
+    if os.environ.get(flag) != "1":
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip(f"{flag}=1, but installing Debian's {package} needs apt-get as root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{' '.join(cmd)} took over 300 s (no package mirror reachable?)")
+        if proc.returncode != 0:
+            pytest.skip(f"{' '.join(cmd)} failed: {(proc.stdout + proc.stderr)[-500:]}")
+
+
 # The per-group codec needs the lrzip program. Tests that run it take this fixture and skip when it is
-# missing; with PARAMGOLF_INSTALL_LRZIP=1 (.ci/run) Debian's package is installed first (as root,
-# apt-get capped at 300 s, else skip).
+# missing; with PARAMGOLF_INSTALL_LRZIP=1 (.ci/run) Debian's package is installed first.
 @pytest.fixture(scope="session")
 def lrzip() -> str:
-    if shutil.which("lrzip") is None and os.environ.get("PARAMGOLF_INSTALL_LRZIP") == "1":
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("PARAMGOLF_INSTALL_LRZIP=1, but installing Debian's lrzip needs apt-get as root")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "lrzip"]):
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            except subprocess.TimeoutExpired:
-                pytest.skip(f"{' '.join(cmd)} took over 300 s (no package mirror reachable?)")
-            if proc.returncode != 0:
-                pytest.skip(f"{' '.join(cmd)} failed: {(proc.stdout + proc.stderr)[-500:]}")
+    if shutil.which("lrzip") is None:
+        apt_install_or_skip("lrzip", "PARAMGOLF_INSTALL_LRZIP")
     found = shutil.which("lrzip")
     if found is None:
         pytest.skip("no lrzip on PATH: apt-get install lrzip (or set PARAMGOLF_INSTALL_LRZIP=1)")

@@ -25,6 +25,7 @@ import pytest
 from paramgolf.cli.compare import main as compare_main
 from paramgolf.report.compare import find_results, load_candidates, summarize, table_cells
 from paramgolf.report.html import BUDGET_COLOR, MARGIN, WIDTH, color_of, render_html, train_loss_curve
+from tests.conftest import apt_install_or_skip
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -203,17 +204,8 @@ def _find_browser() -> str | None:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     found = _find_browser()
-    if found is None and os.environ.get("PARAMGOLF_INSTALL_CHROMIUM") == "1":
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("PARAMGOLF_INSTALL_CHROMIUM=1, but installing Debian's chromium needs apt-get as root")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            except subprocess.TimeoutExpired:
-                pytest.skip(f"{' '.join(cmd)} took over 300 s (no package mirror reachable?)")
-            if proc.returncode != 0:
-                pytest.skip(f"{' '.join(cmd)} failed: {(proc.stdout + proc.stderr)[-500:]}")
+    if found is None:
+        apt_install_or_skip("chromium", "PARAMGOLF_INSTALL_CHROMIUM")
         found = _find_browser()
     if found is None:
         pytest.skip(
