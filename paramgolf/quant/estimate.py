@@ -24,6 +24,9 @@ from paramgolf.quant.mixed import CONTROL_TENSOR_PATTERNS
 from paramgolf.quant.schemes import QuantizedTensor, Quantizer, dtype_from_name
 
 TensorSpec = tuple[tuple[int, ...], torch.dtype]
+# Each row's coefficient a_r on the shared direction is N(SHARED_COEF_MEAN, 1): on the trained smoke
+# embedding the mean row holds 0.41 of the top direction's energy, mu^2 / (mu^2 + 1) = 0.41.
+SHARED_COEF_MEAN = 0.82
 _MIN_SAMPLED_ROWS = 64  # tensors with fewer rows are always compressed whole
 
 
@@ -65,8 +68,13 @@ def surrogate_tensor(
     tail_dof: float,
     matrix_rms: float,
     row_rms_spread: float,
+    shared_share: float = 0.0,
 ) -> Tensor:
-    """Trained-looking values for one float tensor (see module docstring)."""
+    """Trained-looking values for one float tensor (see module docstring).
+
+    `shared_share`: the share of a matrix's energy along one direction all its rows share,
+    `a_r * m` (a trained embedding's common direction; see docs/budget-estimate.md).
+    """
     # Seeded by name, so each tensor's draw does not depend on the others.
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     numel = math.prod(shape)
@@ -80,6 +88,14 @@ def surrogate_tensor(
         # Student-t = normal / sqrt(chi2 / dof); sqrt((dof - 2) / dof) makes the variance 1.
         chi2 = 2.0 * rng.standard_gamma(tail_dof / 2.0, size=(rows, cols), dtype=np.float32)
         x *= np.sqrt((tail_dof - 2.0) / chi2, dtype=np.float32)
+    if shared_share > 0.0:
+        # Drawn after the rest, so a tensor without the shared direction keeps its values bit for bit.
+        m = rng.standard_normal((1, cols), dtype=np.float32)
+        a = SHARED_COEF_MEAN + rng.standard_normal((rows, 1), dtype=np.float32)
+        a /= np.sqrt(SHARED_COEF_MEAN**2 + 1.0, dtype=np.float32)
+        x = np.sqrt(1.0 - shared_share, dtype=np.float32) * x + np.sqrt(shared_share, dtype=np.float32) * a * m
+        # It turns the rows, not their lengths: each row keeps its expected variance of 1.
+        x /= np.sqrt(1.0 - shared_share + shared_share * a * a, dtype=np.float32)
     row_rms = matrix_rms * np.exp(row_rms_spread * rng.standard_normal((rows, 1), dtype=np.float32))
     x *= row_rms.astype(np.float32)
     return torch.from_numpy(x).reshape(shape).to(dtype)
@@ -92,10 +108,12 @@ def surrogate_state_dict(
     matrix_rms: float | Mapping[str, float] = 1.0,
     row_rms_spread: float = 0.2,
     init_weights: Mapping[str, Tensor] | None = None,
+    shared_share: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """A state dict of surrogate trained weights with the given names, shapes and dtypes.
 
     `matrix_rms` is one RMS for every matrix, or a per-tensor mapping (missing names: 1.0).
+    `shared_share` maps matrices to the energy share of a direction their rows share (missing: 0).
     With `init_weights`, a matrix is its initial value plus a surrogate of that RMS: trained
     weights are the initialisation plus the accumulated updates.
     """
@@ -104,7 +122,8 @@ def surrogate_state_dict(
         (shape, dtype), real = _spec(name, value)
         if dtype.is_floating_point:
             rms = matrix_rms.get(name, 1.0) if isinstance(matrix_rms, Mapping) else matrix_rms
-            out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, max(rms, 1e-8), row_rms_spread)
+            share = (shared_share or {}).get(name, 0.0)
+            out[name] = surrogate_tensor(name, shape, dtype, seed, tail_dof, max(rms, 1e-8), row_rms_spread, share)
             base = init_weights.get(name) if init_weights is not None else None
             if base is not None and len(shape) >= 2 and not _is_control(name):
                 out[name] = (base.detach().float().cpu() + out[name].float()).to(dtype)
@@ -144,6 +163,7 @@ def estimate_model_bytes(
     row_fraction: float = 0.25,
     init_weights: Mapping[str, Tensor] | None = None,
     roles: Mapping[str, str] | None = None,
+    shared_share: Mapping[str, float] | None = None,
 ) -> EstimateResult:
     """Artifact bytes that weights of these shapes will take once trained, quantized and compressed.
 
@@ -159,8 +179,13 @@ def estimate_model_bytes(
         raise UserError("matrix_rms must be > 0 (a per-tensor mapping may hold 0 for frozen tensors)")
     if row_rms_spread < 0:
         raise UserError(f"row_rms_spread must be >= 0, got {row_rms_spread}")
+    bad = {k: v for k, v in (shared_share or {}).items() if not 0.0 <= v < 1.0}
+    if bad:
+        raise UserError(f"shared_share must be in [0, 1) for every tensor, got {bad}")
     start = time.perf_counter()
-    weights = surrogate_state_dict(state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread, init_weights)
+    weights = surrogate_state_dict(
+        state_dict_shapes, seed, tail_dof, matrix_rms, row_rms_spread, init_weights, shared_share
+    )
     qstate = quantizer.quantize(weights, roles=roles)
     del weights
     if row_fraction >= 1.0:
@@ -186,6 +211,7 @@ def estimate_model_bytes(
             "tail_dof": tail_dof,
             "row_rms_spread": row_rms_spread,
             "matrix_rms": dict(matrix_rms) if isinstance(matrix_rms, Mapping) else matrix_rms,
+            "shared_share": dict(shared_share or {}),
         },
     )
 

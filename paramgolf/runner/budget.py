@@ -22,6 +22,14 @@ from paramgolf.runner.build import count_params
 from paramgolf.runner.plan import RunPlan, build_plan, lr_schedule_for
 
 KAPPA = {"muon": 2.5, "adam": 0.65, "none": 0.0}  # frozen parameters keep their init
+# The energy share of the direction a trained embedding's rows share (its top singular direction, rows
+# normalised): 0.51 on the 200-step smoke run's tok_emb; its block matrices show none (docs/budget-estimate.md).
+EMBEDDING_SHARED_SHARE = 0.7
+
+
+def shared_shares(roles: Mapping[str, str]) -> dict[str, float]:
+    """The surrogate's shared-direction share per tensor: the embeddings'."""
+    return {name: EMBEDDING_SHARED_SHARE for name, role in roles.items() if role == "embedding"}
 
 
 def lr_scale_square_sum(train: Mapping[str, Any]) -> float:
@@ -73,7 +81,10 @@ def estimate_budget(plan: RunPlan, all_codecs: bool = False) -> dict[str, Any]:
     drift = expected_drift_rms(model, c["optimizer"], c["train"])
     arch, state = artifact_view(c["arch"], model.state_dict())  # training-only parts never reach the artifact
     roles = model.parameter_roles()
-    est = estimate_model_bytes(state, quantizer, codec, arch, seed=0, matrix_rms=drift, init_weights=state, roles=roles)
+    shares = shared_shares(roles)
+    est = estimate_model_bytes(
+        state, quantizer, codec, arch, seed=0, matrix_rms=drift, init_weights=state, roles=roles, shared_share=shares
+    )
     total = code + est.model_bytes
     out = {
         "name": c["name"],
@@ -91,7 +102,7 @@ def estimate_budget(plan: RunPlan, all_codecs: bool = False) -> dict[str, Any]:
     if not out["fits"]:
         out["overshoot_bytes"] = total - c["budget_bytes"]
     if all_codecs:
-        weights = surrogate_state_dict(state, seed=0, matrix_rms=drift, init_weights=state)
+        weights = surrogate_state_dict(state, seed=0, matrix_rms=drift, init_weights=state, shared_share=shares)
         qstate = quantizer.quantize(weights, roles=roles)
         rows = codec_table(qstate, arch, codec_candidates())
         for r in rows:

@@ -200,14 +200,14 @@ class Record1855GPT(nn.Module):
     drawn at construction; then tok_emb N(0, std), per layer orthogonal Q, (O zero), K, V, then per layer
     orthogonal MLP-up, (down zero); then the zero-init linear layers (the SmearGate) zeroed."""
 
-    def __init__(self, a: dict[str, Any]):
+    def __init__(self, a: dict[str, Any], smear: bool = True):
         super().__init__()
         att, loop = a["attention"], a["loop"]
         dim, n, vocab = a["model_dim"], a["num_layers"], a["vocab_size"]
         heads = att["num_heads"]
         kv_dim, hidden = att["num_kv_heads"] * (dim // heads), int(a["mlp"]["mult"] * dim)
-        window = a["smear"]["window"]
-        assert att["output_gate"]["window"] == window, "#1855 has one GATE_WINDOW for both gates"
+        window = att["output_gate"]["window"]
+        assert not smear or a["smear"]["window"] == window, "#1855 has one GATE_WINDOW for both gates"
         self.n, self.tok_std = n, a["embedding"]["init_std"]
         self.tok_emb = nn.Embedding(vocab, dim)
         self.qo_bank = nn.Parameter(torch.empty(2 * n, dim, dim))
@@ -222,8 +222,9 @@ class Record1855GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(skips, dim))
         self.parallel_post_lambdas = nn.Parameter(torch.ones(n, 2, 2))
         self.parallel_resid_lambdas = nn.Parameter(torch.full((n, 2), 1.1))
-        self.smear_gate = _linear(window, 1, zero=True)
-        self.smear_lambda = nn.Parameter(torch.zeros(1))
+        if smear:
+            self.smear_gate = _linear(window, 1, zero=True)
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
         self._init_weights()
 
     @torch.no_grad()
@@ -264,9 +265,11 @@ def _name_1855(name: str) -> str:
 def reference_state(arch: dict[str, Any], family: str) -> dict[str, Tensor]:
     """The record's initial weights for `arch` (seed the global RNG first), by paramgolf's names.
 
-    family: one of RecordGPT's, or "pr1855" (Record1855GPT)."""
-    model = Record1855GPT(arch) if family == "pr1855" else RecordGPT(arch, family)
-    rename = _name_1855 if family == "pr1855" else _our_name
+    family: one of RecordGPT's, "pr1855" (Record1855GPT) or "pr1787" (#1787's constructor, T:1134-1271 of
+    its script, is #1855's without the SmearGate)."""
+    banked = family in ("pr1855", "pr1787")
+    model = Record1855GPT(arch, smear=family == "pr1855") if banked else RecordGPT(arch, family)
+    rename = _name_1855 if banked else _our_name
     state = {}
     for name, t in model.state_dict().items():
         if name.endswith("_bank"):

@@ -106,3 +106,51 @@ def test_surrogate_values_and_inputs():
         with pytest.raises(ValueError):
             estimate_model_bytes(specs, baseline_int8(), Zlib(), {}, **bad)
     assert math.isfinite(res.model_bytes) and res.model_bytes > 0
+
+
+def _embedding_stats(w: torch.Tensor) -> tuple[float, float]:
+    """A matrix's rows normalised to unit RMS: the energy shares of its top singular direction and of its mean row."""
+    w = w.float() / w.float().pow(2).mean(dim=1, keepdim=True).sqrt()
+    s = torch.linalg.svdvals(w).pow(2)
+    return (s[0] / s.sum()).item(), (w.mean(0).pow(2).sum() / w.pow(2).sum(1).mean()).item()
+
+
+def test_the_embedding_s_shared_direction_has_the_trained_smoke_embedding_s_statistics():
+    from paramgolf.runner.budget import EMBEDDING_SHARED_SHARE, shared_shares
+
+    assert shared_shares({"tok_emb.weight": "embedding", "w": "matrix"}) == {"tok_emb.weight": EMBEDDING_SHARED_SHARE}
+    sd = {"tok_emb.weight": torch.zeros(512, 128), "w": torch.zeros(256, 128)}  # the smoke embedding's shape
+    plain = surrogate_state_dict(sd, seed=1, matrix_rms=0.5)
+    shared = surrogate_state_dict(sd, seed=1, matrix_rms=0.5, shared_share={"tok_emb.weight": EMBEDDING_SHARED_SHARE})
+    assert torch.equal(shared["w"], plain["w"])  # a tensor without a share keeps its draw
+    assert torch.equal(surrogate_state_dict(sd, seed=1, matrix_rms=0.5, shared_share={"w": 0.0})["w"], plain["w"])
+    top, mean = _embedding_stats(plain["tok_emb.weight"])
+    assert top < 0.03 and mean < 0.01
+    top, mean = _embedding_stats(shared["tok_emb.weight"])
+    assert top == pytest.approx(0.51, abs=0.05) and mean == pytest.approx(0.21, abs=0.04)  # measured: 0.510, 0.208
+    assert shared["tok_emb.weight"].std().item() == pytest.approx(0.5, rel=0.15)  # the RMS is unchanged
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="shared_share"):
+            estimate_model_bytes(sd, baseline_int8(), Zlib(), {}, shared_share={"w": bad})
+
+
+@pytest.mark.slow
+def test_only_the_per_group_codec_sees_an_embedding_s_shared_direction(lrzip):
+    """What the L1 row sort and the column-major lrzip streams gain on trained embeddings: a direction
+    every row shares leaves each row's values Gaussian, so a row-major brotli stream cannot use it."""
+    from paramgolf.quant.codecs import Brotli
+    from paramgolf.quant.pergroup import PerGroup
+
+    c = to_container(compose(["experiment=pr1855"]))
+    quant = hydra.utils.instantiate({**c["quant"]["quantizer"], "lqer": None})
+    shapes = {"tok_emb.weight": ((2048, 256), torch.float32)}
+
+    def sizes(share: float) -> tuple[int, int]:
+        kw = dict(row_fraction=1.0, roles={"tok_emb.weight": "embedding"}, shared_share={"tok_emb.weight": share})
+        return tuple(
+            estimate_model_bytes(shapes, quant, codec, {}, **kw).model_bytes for codec in (PerGroup(), Brotli())
+        )
+
+    (pg0, br0), (pg5, br5) = sizes(0.0), sizes(0.5)
+    assert pg5 < 0.95 * pg0  # the per-group codec gains
+    assert abs(br5 / br0 - 1) < 0.005  # brotli does not
