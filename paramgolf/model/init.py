@@ -24,7 +24,6 @@ consumes the RNG; the dense GatedAttn (#1736) draws N(0, std).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
@@ -207,9 +206,11 @@ def record_init_(model: nn.Module, arch: Mapping[str, Any], seed: int) -> None:
         raise UserError(f"arch.init_order={order} sets the whole init: drop arch.orthogonal_init=true")
     if order == "ortho_banks" and model.cores is not None:
         raise UserError("arch.init_order=ortho_banks: the bank records have no depth recurrence (arch.recurrence)")
+    # Replaying paramgolf's own construction from the seed must end at the RNG state the build did: then
+    # every draw of the model is one the replay knows (and the replay rewrote the model's own values).
     built = torch.get_rng_state()
     torch.manual_seed(seed)
-    _run(_ours(copy.deepcopy(model), arch))
+    _run(_ours(model, arch))
     if not torch.equal(torch.get_rng_state(), built):
         raise UserError(
             f"arch.init_order={order}: the model draws random numbers at construction that no record's init "
