@@ -30,6 +30,18 @@ def _isolate_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core box: one intra-op thread is ~100x faster than two contending.
+    A module takes it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def apt_install_or_skip(package: str, flag: str) -> None:
     """Install Debian's `package` when the environment variable `flag` is 1 (CI): as root, each apt-get
     step capped at 300 s; skip the test, with the reason, when that cannot be done."""

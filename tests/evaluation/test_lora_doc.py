@@ -21,13 +21,7 @@ VOCAB, BOS, L, C, SLOTS = 512, 1, 16, 48, 3
 DOC_LENGTHS = [5, 40, 13, 70, 25, 100, 8, 33, 17, 60]  # tokens after each BOS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core box: one intra-op thread is ~100× faster than two contending."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model():

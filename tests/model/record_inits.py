@@ -12,6 +12,7 @@ paramgolf's parameter names. Only what draws or sets a value is kept; the forwar
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -173,6 +174,29 @@ def _our_name(name: str) -> str:
     return name
 
 
+def init_linears_(model: nn.Module) -> None:
+    """The bank records' `_init_weights` loop over nn.Linear: a `_zero_init` layer zeroed, one with both
+    dims >= 64 orthogonal (#1394, #1667, #1855)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            if getattr(module, "_zero_init", False):
+                nn.init.zeros_(module.weight)
+            elif min(module.weight.shape) >= 64:
+                nn.init.orthogonal_(module.weight, gain=1.0)
+
+
+def assert_same_initial_weights(model: nn.Module, seed: int, reference: Callable[[], dict[str, Tensor]], label=""):
+    """`model` was just built and record_init_'ed from `seed`: `reference()`, run from the same seed, must give
+    every tensor torch.equal and end the global RNG where the build did."""
+    ours, ours_rng = model.state_dict(), torch.get_rng_state()
+    torch.manual_seed(seed)
+    ref = reference()
+    assert torch.equal(ours_rng, torch.get_rng_state()), "the RNG must end where the record's does"
+    assert sorted(ours) == sorted(ref)
+    differ = [name for name in ref if ours[name].shape != ref[name].shape or not torch.equal(ours[name], ref[name])]
+    assert not differ, f"{label}: {differ}"
+
+
 class _Attention1855(nn.Module):
     """#1855's CausalSelfAttention parameters (T:941-1001): q_gain and the SparseAttnGate weight (zeros at
     SPARSE_ATTN_GATE_INIT_STD=0); its matrices live in the GPT's banks."""
@@ -239,12 +263,7 @@ class Record1855GPT(nn.Module):
         for i in range(n):
             nn.init.orthogonal_(self.mlp_up_bank.data[i], gain=1.0)
             nn.init.zeros_(self.mlp_down_bank.data[i])
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if getattr(module, "_zero_init", False):
-                    nn.init.zeros_(module.weight)
-                elif min(module.weight.shape) >= 64:
-                    nn.init.orthogonal_(module.weight, gain=1.0)
+        init_linears_(self)
 
 
 _NAMES_1855 = {

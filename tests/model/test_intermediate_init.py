@@ -17,7 +17,7 @@ from torch import nn
 from paramgolf.config.compose import compose, to_container
 from paramgolf.model.init import record_init_
 from paramgolf.runner.build import build_model
-from tests.model.record_inits import _MLP, _Attention, _linear, _Scales
+from tests.model.record_inits import _MLP, _Attention, _linear, _Scales, assert_same_initial_weights, init_linears_
 
 # Small widths that keep every part (gate window 12 ≤ d; 11 layers for the loops' indices).
 SMALL = ["arch.vocab_size=96", "arch.model_dim=128", "arch.attention.num_heads=4"]
@@ -67,12 +67,7 @@ class Record1394(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:  # H:512-521: no scaling of the (zero) projections
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.tok_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if module._zero_init:
-                    nn.init.zeros_(module.weight)
-                elif module.weight.shape[0] >= 64 and module.weight.shape[1] >= 64:
-                    nn.init.orthogonal_(module.weight, gain=1.0)
+        init_linears_(self)
 
     def reference_state(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.state_dict().items()}
@@ -128,12 +123,7 @@ class Record1667(nn.Module):
             nn.init.orthogonal_(self.kv_bank.data[n + i], gain=1.0)
             nn.init.orthogonal_(self.mlp_up_bank.data[i], gain=1.0)
             nn.init.zeros_(self.mlp_down_bank.data[i])
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                if module._zero_init:
-                    nn.init.zeros_(module.weight)
-                elif module.weight.shape[0] >= 64 and module.weight.shape[1] >= 64:
-                    nn.init.orthogonal_(module.weight, gain=1.0)
+        init_linears_(self)
 
     def reference_state(self) -> dict[str, torch.Tensor]:
         """By paramgolf's names: the banks split per layer (Q, O = qo[i], qo[n+i]; K, V = kv[i], kv[n+i])."""
@@ -169,13 +159,7 @@ REFERENCES = {"pr1394": ("ortho_modules", Record1394), "pr1667": ("ortho_banks",
 def test_same_seed_gives_the_records_initial_weights(preset, kv_heads):
     order, reference = REFERENCES[preset]
     model, arch = record_model(preset, order, kv_heads, seed=11)
-    ours, ours_rng = model.state_dict(), torch.get_rng_state()
-    torch.manual_seed(11)
-    ref = reference(arch).reference_state()
-    assert torch.equal(ours_rng, torch.get_rng_state()), "the RNG must end where the record's does"
-    assert sorted(ours) == sorted(ref)
-    differ = [name for name in ref if ours[name].shape != ref[name].shape or not torch.equal(ours[name], ref[name])]
-    assert not differ, f"{preset}: {differ}"
+    assert_same_initial_weights(model, 11, lambda: reference(arch).reference_state(), preset)
 
 
 def test_pr1667s_gate_draws_move_every_orthogonal_matrix():

@@ -18,7 +18,7 @@ from torch import nn
 from paramgolf.config.compose import compose, to_container
 from paramgolf.model.init import record_init_
 from paramgolf.runner.build import build_model
-from tests.model.record_inits import reference_state
+from tests.model.record_inits import assert_same_initial_weights, reference_state
 
 # Small widths that keep every part (gate window 12 ≤ d; 11 layers for the loop's indices).
 SMALL = ["arch.vocab_size=96", "arch.model_dim=128", "arch.attention.num_heads=4"]
@@ -37,13 +37,7 @@ def record_model(kv_heads: int, seed: int, preset: str = "pr1787") -> tuple[nn.M
 def test_same_seed_gives_the_records_initial_weights(kv_heads):
     model, arch = record_model(kv_heads, seed=13)
     assert arch["init_order"] == "ortho_banks_split"
-    ours, ours_rng = model.state_dict(), torch.get_rng_state()
-    torch.manual_seed(13)
-    ref = reference_state(arch, "pr1787")
-    assert torch.equal(ours_rng, torch.get_rng_state()), "the RNG must end where the record's does"
-    assert sorted(ours) == sorted(ref)
-    differ = [name for name in ref if ours[name].shape != ref[name].shape or not torch.equal(ours[name], ref[name])]
-    assert not differ, differ
+    assert_same_initial_weights(model, 13, lambda: reference_state(arch, "pr1787"), "pr1787")
 
 
 def test_without_a_smear_gate_q0_is_the_first_draw_after_the_embedding():

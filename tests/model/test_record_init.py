@@ -17,7 +17,7 @@ from paramgolf.config.compose import compose, to_container
 from paramgolf.errors import UserError
 from paramgolf.model.init import record_init_
 from paramgolf.runner.build import build_model
-from tests.model.record_inits import reference_state
+from tests.model.record_inits import assert_same_initial_weights, reference_state
 
 # The init order each preset's record uses, and the reference family that replays it.
 RECORD_ORDER = {
@@ -67,13 +67,7 @@ def record_model(preset: str, order: str, kv_heads: int, seed: int) -> tuple[tor
 def test_same_seed_gives_the_records_initial_weights(preset, kv_heads):
     order, family = RECORD_ORDER[preset]
     model, arch = record_model(preset, order, kv_heads, seed=7)
-    ours, ours_rng = model.state_dict(), torch.get_rng_state()
-    torch.manual_seed(7)
-    ref = reference_state(arch, family)
-    assert torch.equal(ours_rng, torch.get_rng_state()), "the RNG must end where the record's does"
-    assert sorted(ours) == sorted(ref)
-    differ = [name for name in ref if not torch.equal(ours[name], ref[name])]
-    assert not differ, f"{preset}: {differ}"
+    assert_same_initial_weights(model, 7, lambda: reference_state(arch, family), preset)
 
 
 def test_pr1855_draws_the_mlp_up_matrices_after_every_layers_attention():
